@@ -1,0 +1,126 @@
+"""Triton kernels for the dual-anchor token score on CUDA: one read of the features, float32 math.
+
+torch would need three passes over the (T, N, D) features for the score (norms, dots, and a float32
+copy or a matmul); these kernels read them once after the mean. They run where Triton runs (CUDA,
+or Triton's CPU interpreter with TRITON_INTERPRET=1, which the tests use); `vcast.core` falls back
+to plain torch elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK_N = 16  # tokens per program: T * N / 16 programs keep every SM busy even at T = 16
+_BLOCK_D = 256  # feature columns per step: 16 x 256 half-precision values = 8 KB in flight
+
+
+@triton.jit
+def _token_stats_kernel(
+    x_ptr, m_ptr, sq_ptr, dot_ptr, N, D, stride_t, stride_n, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """Per token: sum of squares and dot with its group's anchor, accumulated in float32."""
+    t = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+    dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        offsets = t * stride_t + rows[:, None] * stride_n + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + t * D + cols, mask=col_ok, other=0.0)
+        sq += tl.sum(x * x, axis=1)
+        dot += tl.sum(x * m[None, :], axis=1)
+    tl.store(sq_ptr + t * N + rows, sq, mask=row_ok)
+    tl.store(dot_ptr + t * N + rows, dot, mask=row_ok)
+
+
+@triton.jit
+def _finish_scores_kernel(sq_ptr, dot_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
+    """Per group: score = (1 - cos(x, m)) + minmax(||x||), m already unit length."""
+    t = tl.program_id(0)
+    idx = tl.arange(0, BLOCK)
+    ok = idx < N
+    norms = tl.sqrt(tl.load(sq_ptr + t * N + idx, mask=ok, other=0.0))
+    dots = tl.load(dot_ptr + t * N + idx, mask=ok, other=0.0)
+    lo = tl.min(tl.where(ok, norms, float("inf")), axis=0)
+    hi = tl.max(tl.where(ok, norms, float("-inf")), axis=0)
+    cos = dots / tl.maximum(norms, eps)
+    spread = (norms - lo) / tl.maximum(hi - lo, eps)
+    tl.store(out_ptr + t * N + idx, (1.0 - cos) + spread, mask=ok)
+
+
+def token_scores_triton(features: torch.Tensor, unit_means: torch.Tensor, eps: float) -> torch.Tensor:
+    """(T, N, D) float16/bfloat16/float32, (T, D) float32 unit vectors -> (T, N) float32 scores."""
+    T, N, D = features.shape
+    if features.stride(-1) != 1:
+        features = features.contiguous()
+    unit_means = unit_means.float().contiguous()
+    sq = torch.empty(T, N, dtype=torch.float32, device=features.device)
+    dot = torch.empty_like(sq)
+    grid = (T, triton.cdiv(N, _BLOCK_N))
+    _token_stats_kernel[grid](
+        features, unit_means, sq, dot, N, D, features.stride(0), features.stride(1), BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D
+    )
+    scores = torch.empty_like(sq)
+    _finish_scores_kernel[(T,)](sq, dot, scores, N, eps, BLOCK=triton.next_power_of_2(N))
+    return scores
+
+
+@triton.jit
+def _curvature_kernel(m_ptr, out_ptr, T, D, eps, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """c_t = 1 - cos(m_t - m_{t-1}, m_{t+1} - m_t) for interior t, 1 at the ends; m unit rows."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    interior = (t >= 1) & (t < T - 1)
+    ab = tl.zeros([BLOCK_T], dtype=tl.float32)
+    aa = tl.zeros([BLOCK_T], dtype=tl.float32)
+    bb = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = interior[:, None] & (cols < D)[None, :]
+        prev = tl.load(m_ptr + (t[:, None] - 1) * D + cols[None, :], mask=ok, other=0.0)
+        cur = tl.load(m_ptr + t[:, None] * D + cols[None, :], mask=ok, other=0.0)
+        nxt = tl.load(m_ptr + (t[:, None] + 1) * D + cols[None, :], mask=ok, other=0.0)
+        a = cur - prev
+        b = nxt - cur
+        ab += tl.sum(a * b, axis=1)
+        aa += tl.sum(a * a, axis=1)
+        bb += tl.sum(b * b, axis=1)
+    cos = ab / tl.maximum(tl.sqrt(aa) * tl.sqrt(bb), eps)
+    tl.store(out_ptr + t, tl.where(interior, 1.0 - cos, 1.0), mask=t < T)
+
+
+def curvature_triton(unit_means: torch.Tensor, eps: float) -> torch.Tensor:
+    """(T, D) float32 unit vectors -> (T,) float32 curvature, in one launch."""
+    T, D = unit_means.shape
+    unit_means = unit_means.float().contiguous()
+    out = torch.empty(T, dtype=torch.float32, device=unit_means.device)
+    _curvature_kernel[(triton.cdiv(T, 16),)](unit_means, out, T, D, eps, BLOCK_T=16, BLOCK_D=128)
+    return out
+
+
+@triton.jit
+def _keep_mask_kernel(scores_ptr, budgets_ptr, mask_ptr, N, BLOCK: tl.constexpr):
+    """Per group: mark its top budgets[t] tokens by score (ties to the lower index)."""
+    t = tl.program_id(0)
+    idx = tl.arange(0, BLOCK)
+    ok = idx < N
+    s = tl.load(scores_ptr + t * N + idx, mask=ok, other=float("-inf"))
+    bits = s.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # int32 order == float order
+    # One int64 key per token: descending score in the high word, ascending index in the low word.
+    key = ((-ordered.to(tl.int64)) << 32) | idx.to(tl.int64)
+    sorted_idx = (tl.sort(key) & 0xFFFFFFFF).to(tl.int32)
+    budget = tl.load(budgets_ptr + t)
+    tl.store(mask_ptr + t * N + sorted_idx, (idx < budget).to(tl.uint8), mask=ok)
+
+
+def keep_mask_triton(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
+    """(T, N) float32 scores, (T,) int64 budgets -> (T, N) bool, in one launch."""
+    T, N = scores.shape
+    mask = torch.empty(T, N, dtype=torch.uint8, device=scores.device)
+    _keep_mask_kernel[(T,)](scores.contiguous(), budgets, mask, N, BLOCK=triton.next_power_of_2(N))
+    return mask.view(torch.bool)
