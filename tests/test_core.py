@@ -282,20 +282,23 @@ def test_integer_features_raise_value_error():
 
 _INTERPRETED_KERNEL_CHECK = """
 import torch
-from vcast._kernels import curvature_triton, keep_mask_triton, token_scores_triton
-from vcast.core import _keep_mask, frame_curvature, frame_means, token_scores
-worst, masks_equal = 0.0, True
+from vcast._kernels import curvature_triton, keep_triton, token_scores_triton
+from vcast.core import _keep_mask, frame_curvature, token_scores
+worst, keep_equal = 0.0, True
 for seed, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(21, 37, 300, generator=g).to(dtype)
-    m = frame_means(x)
-    scores = token_scores(x, m)
-    worst = max(worst, float((token_scores_triton(x, m, 1e-8) - scores).abs().max()))
-    worst = max(worst, float((curvature_triton(m, 1e-8) - frame_curvature(m)).abs().max()))
+    means = x.float().mean(1) * 3.0  # any length: the kernels normalise
+    scores = token_scores(x, means)
+    worst = max(worst, float((token_scores_triton(x, means, 1e-8) - scores).abs().max()))
+    worst = max(worst, float((curvature_triton(means, 1e-8) - frame_curvature(means)).abs().max()))
     budgets = torch.randint(0, 38, (21,), generator=g)
+    budgets[3] = 0
     scores[0, :5] = scores[0, 5]  # ties go to the lower index
-    masks_equal &= torch.equal(keep_mask_triton(scores, budgets), _keep_mask(scores, budgets))
-print(worst, masks_equal)
+    mask, keep = keep_triton(scores, budgets, torch.cumsum(budgets, 0) - budgets, int(budgets.sum()))
+    expected = _keep_mask(scores, budgets)
+    keep_equal &= torch.equal(mask, expected) and torch.equal(keep, expected.flatten().nonzero().squeeze(1))
+print(worst, keep_equal)
 """
 
 
@@ -307,9 +310,9 @@ def test_fused_triton_kernels_match_the_torch_formulas():
         [sys.executable, "-c", _INTERPRETED_KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    worst, masks_equal = result.stdout.split()
+    worst, keep_equal = result.stdout.split()
     assert float(worst) < 1e-5
-    assert masks_equal == "True"
+    assert keep_equal == "True"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; CPU path is covered above")

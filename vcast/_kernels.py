@@ -18,14 +18,15 @@ _BLOCK_D = 256  # feature columns per step: 16 x 256 half-precision values = 8 K
 
 @triton.jit
 def _token_stats_kernel(
-    x_ptr, m_ptr, sq_ptr, dot_ptr, N, D, stride_t, stride_n, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+    x_ptr, m_ptr, sq_ptr, dot_ptr, N, D, stride_t, stride_n, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
 ):
-    """Per token: sum of squares and dot with its group's anchor, accumulated in float32."""
+    """Per token: sum of squares, and dot with its group's anchor made unit length, in float32."""
     t = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     sq = tl.zeros([BLOCK_N], dtype=tl.float32)
     dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+    m_sq = tl.zeros([BLOCK_D], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         col_ok = cols < D
@@ -34,8 +35,10 @@ def _token_stats_kernel(
         m = tl.load(m_ptr + t * D + cols, mask=col_ok, other=0.0)
         sq += tl.sum(x * x, axis=1)
         dot += tl.sum(x * m[None, :], axis=1)
+        m_sq += m * m
+    m_norm = tl.maximum(tl.sqrt(tl.sum(m_sq, axis=0)), eps)  # as F.normalize(m, eps)
     tl.store(sq_ptr + t * N + rows, sq, mask=row_ok)
-    tl.store(dot_ptr + t * N + rows, dot, mask=row_ok)
+    tl.store(dot_ptr + t * N + rows, dot / m_norm, mask=row_ok)
 
 
 @triton.jit
@@ -53,17 +56,17 @@ def _finish_scores_kernel(sq_ptr, dot_ptr, out_ptr, N, eps, BLOCK: tl.constexpr)
     tl.store(out_ptr + t * N + idx, (1.0 - cos) + spread, mask=ok)
 
 
-def token_scores_triton(features: torch.Tensor, unit_means: torch.Tensor, eps: float) -> torch.Tensor:
-    """(T, N, D) float16/bfloat16/float32, (T, D) float32 unit vectors -> (T, N) float32 scores."""
+def token_scores_triton(features: torch.Tensor, means: torch.Tensor, eps: float) -> torch.Tensor:
+    """(T, N, D) float16/bfloat16/float32, (T, D) group anchors (any length) -> (T, N) float32 scores."""
     T, N, D = features.shape
     if features.stride(-1) != 1:
         features = features.contiguous()
-    unit_means = unit_means.float().contiguous()
+    means = means.float().contiguous()
     sq = torch.empty(T, N, dtype=torch.float32, device=features.device)
     dot = torch.empty_like(sq)
     grid = (T, triton.cdiv(N, _BLOCK_N))
     _token_stats_kernel[grid](
-        features, unit_means, sq, dot, N, D, features.stride(0), features.stride(1), BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D
+        features, means, sq, dot, N, D, features.stride(0), features.stride(1), eps, BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D
     )
     scores = torch.empty_like(sq)
     _finish_scores_kernel[(T,)](sq, dot, scores, N, eps, BLOCK=triton.next_power_of_2(N))
@@ -72,18 +75,35 @@ def token_scores_triton(features: torch.Tensor, unit_means: torch.Tensor, eps: f
 
 @triton.jit
 def _curvature_kernel(m_ptr, out_ptr, T, D, eps, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """c_t = 1 - cos(m_t - m_{t-1}, m_{t+1} - m_t) for interior t, 1 at the ends; m unit rows."""
+    """c_t = 1 - cos(u_t - u_{t-1}, u_{t+1} - u_t), u = m / |m|, for interior t; 1 at the ends."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     interior = (t >= 1) & (t < T - 1)
-    ab = tl.zeros([BLOCK_T], dtype=tl.float32)
-    aa = tl.zeros([BLOCK_T], dtype=tl.float32)
-    bb = tl.zeros([BLOCK_T], dtype=tl.float32)
+    # Pass 1: the norms of the three rows around each t (T x D floats: served from cache).
+    sq_prev = tl.zeros([BLOCK_T], dtype=tl.float32)
+    sq_cur = tl.zeros([BLOCK_T], dtype=tl.float32)
+    sq_next = tl.zeros([BLOCK_T], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = interior[:, None] & (cols < D)[None, :]
         prev = tl.load(m_ptr + (t[:, None] - 1) * D + cols[None, :], mask=ok, other=0.0)
         cur = tl.load(m_ptr + t[:, None] * D + cols[None, :], mask=ok, other=0.0)
         nxt = tl.load(m_ptr + (t[:, None] + 1) * D + cols[None, :], mask=ok, other=0.0)
+        sq_prev += tl.sum(prev * prev, axis=1)
+        sq_cur += tl.sum(cur * cur, axis=1)
+        sq_next += tl.sum(nxt * nxt, axis=1)
+    inv_prev = 1.0 / tl.maximum(tl.sqrt(sq_prev), eps)
+    inv_cur = 1.0 / tl.maximum(tl.sqrt(sq_cur), eps)
+    inv_next = 1.0 / tl.maximum(tl.sqrt(sq_next), eps)
+    # Pass 2: the two steps between unit vectors, formed element by element (no cancellation).
+    ab = tl.zeros([BLOCK_T], dtype=tl.float32)
+    aa = tl.zeros([BLOCK_T], dtype=tl.float32)
+    bb = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = interior[:, None] & (cols < D)[None, :]
+        prev = tl.load(m_ptr + (t[:, None] - 1) * D + cols[None, :], mask=ok, other=0.0) * inv_prev[:, None]
+        cur = tl.load(m_ptr + t[:, None] * D + cols[None, :], mask=ok, other=0.0) * inv_cur[:, None]
+        nxt = tl.load(m_ptr + (t[:, None] + 1) * D + cols[None, :], mask=ok, other=0.0) * inv_next[:, None]
         a = cur - prev
         b = nxt - cur
         ab += tl.sum(a * b, axis=1)
@@ -93,18 +113,19 @@ def _curvature_kernel(m_ptr, out_ptr, T, D, eps, BLOCK_T: tl.constexpr, BLOCK_D:
     tl.store(out_ptr + t, tl.where(interior, 1.0 - cos, 1.0), mask=t < T)
 
 
-def curvature_triton(unit_means: torch.Tensor, eps: float) -> torch.Tensor:
-    """(T, D) float32 unit vectors -> (T,) float32 curvature, in one launch."""
-    T, D = unit_means.shape
-    unit_means = unit_means.float().contiguous()
-    out = torch.empty(T, dtype=torch.float32, device=unit_means.device)
-    _curvature_kernel[(triton.cdiv(T, 16),)](unit_means, out, T, D, eps, BLOCK_T=16, BLOCK_D=128)
+def curvature_triton(means: torch.Tensor, eps: float) -> torch.Tensor:
+    """(T, D) group means (any length) -> (T,) float32 curvature, in one launch."""
+    T, D = means.shape
+    means = means.float().contiguous()
+    out = torch.empty(T, dtype=torch.float32, device=means.device)
+    _curvature_kernel[(triton.cdiv(T, 16),)](means, out, T, D, eps, BLOCK_T=16, BLOCK_D=128)
     return out
 
 
 @triton.jit
-def _keep_mask_kernel(scores_ptr, budgets_ptr, mask_ptr, N, BLOCK: tl.constexpr):
-    """Per group: mark its top budgets[t] tokens by score (ties to the lower index)."""
+def _keep_kernel(scores_ptr, budgets_ptr, offsets_ptr, mask_ptr, keep_ptr, N, BLOCK: tl.constexpr):
+    """Per group: mark its top budgets[t] tokens by score (ties to the lower index), and write
+    their flat indices, ascending, to keep[offsets[t] : offsets[t] + budgets[t]]."""
     t = tl.program_id(0)
     idx = tl.arange(0, BLOCK)
     ok = idx < N
@@ -113,14 +134,22 @@ def _keep_mask_kernel(scores_ptr, budgets_ptr, mask_ptr, N, BLOCK: tl.constexpr)
     ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # int32 order == float order
     # One int64 key per token: descending score in the high word, ascending index in the low word.
     key = ((-ordered.to(tl.int64)) << 32) | idx.to(tl.int64)
-    sorted_idx = (tl.sort(key) & 0xFFFFFFFF).to(tl.int32)
-    budget = tl.load(budgets_ptr + t)
-    tl.store(mask_ptr + t * N + sorted_idx, (idx < budget).to(tl.uint8), mask=ok)
+    by_score = (tl.sort(key) & 0xFFFFFFFF).to(tl.int32)  # token indices, best first
+    budget = tl.load(budgets_ptr + t).to(tl.int32)
+    kept = idx < budget  # position in by_score -> kept?
+    tl.store(mask_ptr + t * N + by_score, kept.to(tl.uint8), mask=ok)
+    # The kept indices in ascending order: sort them with the dropped ones pushed past the end.
+    ascending = tl.sort(tl.where(kept, by_score, BLOCK + by_score))
+    offset = tl.load(offsets_ptr + t)
+    tl.store(keep_ptr + offset + idx, (t * N + ascending).to(tl.int64), mask=kept)
 
 
-def keep_mask_triton(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
-    """(T, N) float32 scores, (T,) int64 budgets -> (T, N) bool, in one launch."""
+def keep_triton(
+    scores: torch.Tensor, budgets: torch.Tensor, offsets: torch.Tensor, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, N) float32 scores, (T,) int64 budgets and first slots -> (T, N) bool mask, (K,) int64 keep."""
     T, N = scores.shape
     mask = torch.empty(T, N, dtype=torch.uint8, device=scores.device)
-    _keep_mask_kernel[(T,)](scores.contiguous(), budgets, mask, N, BLOCK=triton.next_power_of_2(N))
-    return mask.view(torch.bool)
+    keep = torch.empty(total, dtype=torch.int64, device=scores.device)
+    _keep_kernel[(T,)](scores.contiguous(), budgets, offsets, mask, keep, N, BLOCK=triton.next_power_of_2(N))
+    return mask.view(torch.bool), keep

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .config import VCastConfig
 
 _EPS = 1e-8
+_DEFAULT_CONFIG = VCastConfig()
 _MAX_KERNEL_TOKENS = 16384  # the per-group kernels hold one group's N scores in registers
 
 
@@ -61,15 +62,11 @@ def frame_curvature(frame_means: torch.Tensor) -> torch.Tensor:
     the endpoints have no turn to measure and get 1 (the value of a right-angle turn), so they
     are neither favoured nor starved. A step of zero length counts as cos = 0, i.e. curvature 1.
     """
-    return _curvature_of_unit(F.normalize(frame_means.float(), dim=-1, eps=_EPS))
-
-
-def _curvature_of_unit(m: torch.Tensor) -> torch.Tensor:
-    """frame_curvature for (T, D) float32 rows that are already unit vectors."""
-    if _use_triton(m):
+    if _use_triton(frame_means):
         from ._kernels import curvature_triton
 
-        return curvature_triton(m, _EPS)
+        return curvature_triton(frame_means, _EPS)
+    m = F.normalize(frame_means.float(), dim=-1, eps=_EPS)
     curvature = torch.ones(m.shape[0], dtype=torch.float32, device=m.device)
     if m.shape[0] >= 3:
         steps = m[1:] - m[:-1]  # (T-1, D)
@@ -168,15 +165,12 @@ def token_scores(features: torch.Tensor, frame_means: torch.Tensor) -> torch.Ten
     tokens unlike their frame's gist (distinct content), the second tokens with large activations
     (salient content); min-max is per group, and a group whose norms are all equal gets 0 from it.
     """
-    return _scores_of_unit(_compute_input(features), F.normalize(frame_means.float(), dim=-1, eps=_EPS))
-
-
-def _scores_of_unit(features: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """token_scores for (T, D) float32 anchors that are already unit vectors."""
+    features = _compute_input(features)
     if _use_triton(features) and features.shape[1] <= _MAX_KERNEL_TOKENS:
         from ._kernels import token_scores_triton
 
-        return token_scores_triton(features, m, _EPS)
+        return token_scores_triton(features, frame_means, _EPS)
+    m = F.normalize(frame_means.float(), dim=-1, eps=_EPS)  # (T, D)
     x = features.float()
     norms = torch.linalg.vector_norm(x, dim=-1)  # (T, N)
     cos = torch.bmm(x, m.unsqueeze(-1)).squeeze(-1) / norms.clamp_min(_EPS)  # (T, N)
@@ -217,14 +211,28 @@ def _to_host_async(x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | No
 def _keep_mask(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
     """(T, N) scores, (T,) budgets -> (T, N) bool: the top budgets[t] tokens of each group,
     ties to the lower index."""
-    if _use_triton(scores) and scores.shape[1] <= _MAX_KERNEL_TOKENS:
-        from ._kernels import keep_mask_triton
-
-        return keep_mask_triton(scores, budgets)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)  # (T, N)
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # (T, N) rank of each token
     return rank < budgets.unsqueeze(1)
+
+
+def _keep(scores: torch.Tensor, budgets_host: torch.Tensor, total: int) -> tuple[torch.Tensor, ...]:
+    """Budgets on the device, the (T, N) keep mask and the (K,) ascending flat keep indices."""
+    device = scores.device
+    if _use_triton(scores) and scores.shape[1] <= _MAX_KERNEL_TOKENS:
+        from ._kernels import keep_triton
+
+        # Budgets and each group's first slot in `keep` travel to the device in one copy.
+        offsets = torch.cumsum(budgets_host, 0) - budgets_host
+        packed = torch.stack([budgets_host, offsets]).to(device, non_blocking=True)  # (2, T)
+        keep_mask, keep = keep_triton(scores, packed[0], packed[1], total)
+        return packed[0], keep_mask, keep
+    budgets = budgets_host.to(device, non_blocking=True)
+    keep_mask = _keep_mask(scores, budgets)  # (T, N)
+    # The count is known on the host, so nonzero needs no sync.
+    keep = torch.nonzero_static(keep_mask.flatten(), size=total).squeeze(1)  # (K,)
+    return budgets, keep_mask, keep
 
 
 def total_budget(num_frames: int, tokens_per_frame: int, config: VCastConfig) -> int:
@@ -244,17 +252,18 @@ def select_tokens(features: torch.Tensor, config: VCastConfig | None = None, **o
     config: a VCastConfig; keyword overrides replace its fields (select_tokens(x, retain_ratio=0.1)).
     Returns a Selection; kept tokens keep their original (t, n) place, given by `keep`.
     """
-    config = dataclasses.replace(config or VCastConfig(), **overrides)
+    config = dataclasses.replace(config or _DEFAULT_CONFIG, **overrides) if overrides else config or _DEFAULT_CONFIG
     if features.dim() != 3 or 0 in features.shape:
         raise ValueError(f"features must be a non-empty (T, N, D) tensor, got shape {tuple(features.shape)}")
     if not features.is_floating_point():
         raise ValueError(f"features must be a float tensor, got {features.dtype}")
+    features = _compute_input(features)
     num_frames, tokens_per_frame, _ = features.shape
-    device = features.device
 
-    # 1-2. Frame trajectory, curvature and allocation weights: T numbers, on the device.
-    means = frame_means(features)  # (T, D) unit vectors
-    curvature = _curvature_of_unit(means)  # (T,)
+    # 1-2. Frame trajectory (group means, normalised where used), curvature, allocation weights:
+    #      T numbers, on the device.
+    means = features.mean(dim=1, dtype=torch.float32)  # (T, D)
+    curvature = frame_curvature(means)  # (T,)
     weights = allocation_weights(curvature, means, allocation=config.allocation, temperature=config.temperature)
 
     # The weights go to the host, where the exact integer budgets are cheap; this copy is the
@@ -262,7 +271,7 @@ def select_tokens(features: torch.Tensor, config: VCastConfig | None = None, **o
     weights_host, arrived = _to_host_async(weights)
 
     # 4 (queued early). Dual-anchor scores of every token: the one heavy pass over the features.
-    scores = _scores_of_unit(_compute_input(features), means)  # (T, N)
+    scores = token_scores(features, means)  # (T, N)
 
     # 3. Exact per-group budgets, on the host.
     if arrived is not None:
@@ -271,17 +280,8 @@ def select_tokens(features: torch.Tensor, config: VCastConfig | None = None, **o
     min_per_frame = min(config.min_tokens_per_frame, tokens_per_frame)
     budgets = allocate_budgets(weights_host, total, min_per_frame=min_per_frame, cap=tokens_per_frame)
 
-    # 4. The top budgets[t] tokens of each group survive.
-    budgets = budgets.to(device, non_blocking=True)
-    keep_mask = _keep_mask(scores, budgets)  # (T, N)
-
-    # 5. Flat ascending indices; their count is known on the host, so no sync is needed.
-    keep = torch.nonzero_static(keep_mask.flatten(), size=total).squeeze(1)  # (K,)
+    # 4-5. The top budgets[t] tokens of each group survive, as a mask and as ascending flat indices.
+    budgets, keep_mask, keep = _keep(scores, budgets, total)
     return Selection(
-        keep=keep,
-        keep_mask=keep_mask,
-        budgets=budgets,
-        curvature=curvature,
-        weights=weights,
-        scores=scores,
+        keep=keep, keep_mask=keep_mask, budgets=budgets, curvature=curvature, weights=weights, scores=scores
     )
