@@ -30,7 +30,7 @@ def _inputs(processor, num_frames: int = 12, height: int = 96, width: int = 160,
                      return_tensors="pt")  # fmt: skip
 
 
-def _prepare(model, inputs, ratio: float, chunk_groups=qwen3_vl.DEFAULT_VISION_CHUNK_GROUPS):
+def _prepare(model, inputs, ratio: float, chunk_groups: int | None = None):
     features = qwen3_vl.encode_video(
         model, inputs["pixel_values_videos"], inputs["video_grid_thw"], chunk_groups=chunk_groups
     )
@@ -168,7 +168,7 @@ def test_chunked_vision_encoding_gives_the_same_features_as_one_pass(processor, 
     model = tiny_model()
     inputs = _inputs(processor, num_frames=12)
     with torch.inference_mode():
-        whole = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        whole = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"], chunk_groups=99)
         chunked = qwen3_vl.encode_video(
             model, inputs["pixel_values_videos"], inputs["video_grid_thw"], chunk_groups=chunk_groups
         )
@@ -210,3 +210,35 @@ def test_flash_attention_2_pruned_pass_runs_and_matches_sdpa(processor):
             _, _, _, pruned = _prepare(model, inputs, ratio=0.25)
             results[attn] = model(**pruned.generate_kwargs()).logits.float()
     torch.testing.assert_close(results["flash_attention_2"], results["sdpa"], atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_batched_vision_attention_gives_the_same_features_and_logits(processor, moe):
+    from vcast.models.vision_attention import VISION_ATTENTION, use_batched_vision_attention
+
+    model = tiny_model(moe=moe)
+    inputs = _inputs(processor)
+    with torch.inference_mode():
+        per_group = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        plain = model(**inputs).logits
+        use_batched_vision_attention(model)
+        batched = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        logits = model(**inputs).logits
+    assert model.model.visual.blocks[0].attn.config._attn_implementation == VISION_ATTENTION
+    assert model.config.text_config._attn_implementation == "sdpa"  # the language model is untouched
+    torch.testing.assert_close(batched.embeds, per_group.embeds, atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)
+
+
+def test_batched_vision_attention_handles_groups_of_different_sizes():
+    from vcast.models.vision_attention import equal_groups_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 10, 8, generator=g) for _ in range(3))
+    bounds = torch.tensor([0, 4, 10])
+    out, _ = equal_groups_attention(None, q, k, v, scaling=0.3, cu_seq_lens_q=bounds, max_length_q=6)
+    expected = torch.cat(
+        [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.3)
+         for a, b in ((0, 4), (4, 10))], dim=2,
+    ).transpose(1, 2)  # fmt: skip
+    torch.testing.assert_close(out, expected)

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 
 import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+from transformers.vision_utils import (
+    get_vision_cu_seqlens,
+    get_vision_interpolation_indices_and_weights,
+    get_vision_position_ids,
+)
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
-DEFAULT_VISION_CHUNK_GROUPS = 16
+# Patches per vision chunk: large enough for efficient matrix products, small enough that the
+# vision tower's activations stay a few hundred MB at 8B scale.
+DEFAULT_VISION_CHUNK_PATCHES = 4096
 
 
 @dataclass(frozen=True)
@@ -78,32 +85,67 @@ def check_single_video(inputs) -> None:
 
 
 def encode_video(
-    model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor, *, chunk_groups: int | None = None
+    model,
+    pixel_values_videos: torch.Tensor,
+    video_grid_thw: torch.Tensor,
+    *,
+    chunk_groups: int | None = None,
+    chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES,
 ) -> VisionFeatures:
     """Run the vision tower over one video, `chunk_groups` temporal groups at a time.
 
-    pixel_values_videos: (T*H*W, C*2*16*16) patches from the processor; video_grid_thw: (1, 3)
-    patch grid (T, H, W). Qwen3-VL's vision attention never crosses temporal groups, and its
-    position embeddings depend on (h, w) only, so encoding in chunks gives the same features while
-    activation memory stays that of one chunk. None encodes everything at once.
+    pixel_values_videos: (T*H*W, C*2*16*16) patches from the processor, on any device (each chunk
+    moves to the model's device when its turn comes); video_grid_thw: (1, 3) patch grid (T, H, W).
+    Qwen3-VL's vision attention never crosses temporal groups, and its position embeddings depend
+    on (h, w) only, so encoding in chunks gives the same features while activation memory stays
+    that of one chunk. chunk_groups=None fits as many groups as `chunk_patches` patches allow.
     """
     T, H, W = (int(v) for v in video_grid_thw[0].tolist())
     merge = model.config.vision_config.spatial_merge_size
-    rows_per_group = H * W
-    step = T if chunk_groups is None else max(1, chunk_groups)
-    embeds, deepstack = [], []
+    tokens_per_group = (H // merge) * (W // merge)
+    step = max(1, chunk_groups if chunk_groups is not None else chunk_patches // (H * W))
+    device = model.model.visual.device
+    geometry: dict[int, dict] = {}
+    embeds, deepstack = None, ()
     for start in range(0, T, step):
         stop = min(start + step, T)
-        grid = torch.tensor([[stop - start, H, W]], device=video_grid_thw.device, dtype=video_grid_thw.dtype)
-        chunk = pixel_values_videos[start * rows_per_group : stop * rows_per_group]
-        out = model.model.get_video_features(chunk, grid, return_dict=True)
-        embeds.append(out.pooler_output[0])  # (groups * N, D)
-        deepstack.append([layer[0] for layer in out.deepstack_features])
-    return VisionFeatures(
-        embeds=torch.cat(embeds) if len(embeds) > 1 else embeds[0],
-        deepstack=tuple(torch.cat(layer) if len(layer) > 1 else layer[0] for layer in zip(*deepstack, strict=True)),
-        grid=(T, H // merge, W // merge),
-    )
+        if stop - start not in geometry:
+            geometry[stop - start] = _chunk_geometry(model, stop - start, H, W, device)
+        chunk = pixel_values_videos[start * H * W : stop * H * W].to(device, non_blocking=True)
+        grid = torch.tensor([[stop - start, H, W]])  # on the host: shapes only, no device sync
+        out = model.model.get_video_features(chunk, grid, return_dict=True, **geometry[stop - start])
+        merged, layers = out.pooler_output[0], [layer[0] for layer in out.deepstack_features]
+        if embeds is None:  # the whole video's buffers: no concatenation copies at the end
+            embeds = merged.new_empty(T * tokens_per_group, merged.shape[-1])
+            deepstack = tuple(layer.new_empty(T * tokens_per_group, layer.shape[-1]) for layer in layers)
+        rows = slice(start * tokens_per_group, stop * tokens_per_group)
+        embeds[rows] = merged
+        for buffer, layer in zip(deepstack, layers, strict=True):
+            buffer[rows] = layer
+        del out, merged, layers
+    return VisionFeatures(embeds=embeds, deepstack=deepstack, grid=(T, H // merge, W // merge))
+
+
+def _chunk_geometry(model, groups: int, H: int, W: int, device: torch.device) -> dict:
+    """The vision tower's shape-only inputs for a chunk of `groups` groups of H x W patches.
+
+    Computed once per chunk size with transformers' own helpers and handed to every chunk, so the
+    vision forward neither recomputes them nor waits on the device for `.item()`/`.tolist()`.
+    """
+    visual = model.model.visual
+    grid = torch.tensor([[groups, H, W]], device=device)
+    interp_indices, interp_weights = get_vision_interpolation_indices_and_weights(
+        grid, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.spatial_merge_size,
+    )  # fmt: skip
+    cu_seqlens = get_vision_cu_seqlens(grid)
+    return {
+        "interp_indices": interp_indices,
+        "interp_weights": interp_weights,
+        "position_ids": get_vision_position_ids(grid, visual.spatial_merge_size),
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": H * W,  # every segment is one group of H x W patches
+    }
 
 
 def rope_positions(model, inputs) -> torch.Tensor:

@@ -18,7 +18,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from .configs import TINY_SPECIAL_TOKENS, tiny_config
+from .configs import TINY_BYTE_VOCAB, TINY_SPECIAL_TOKENS, real_config, tiny_config
 
 # The Qwen3-VL chat layout, reduced to what a single-turn video or image question needs.
 CHAT_TEMPLATE = (
@@ -37,23 +37,48 @@ CHAT_TEMPLATE = (
 TINY_MAX_PIXELS_PER_FRAME = 128 * 128
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer (ids 0-255) plus Qwen's special tokens (ids 256+), built offline."""
+QWEN_SPECIAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+}
+
+
+def offline_tokenizer(special_ids: dict[str, int] | None = None) -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer (ids 0-255) plus Qwen's special tokens, built offline.
+
+    special_ids: where the special tokens sit; None puts them right after the bytes (the tiny
+    models' vocabulary), QWEN_SPECIAL_IDS at Qwen's own ids (for random models of real shapes).
+    """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    if special_ids is None:
+        special_ids = {token: TINY_BYTE_VOCAB + i for i, token in enumerate(TINY_SPECIAL_TOKENS)}
+    vocab.update(special_ids)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(list(TINY_SPECIAL_TOKENS))
+    tokenizer.add_special_tokens(list(special_ids))
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
     )
 
 
-def tiny_processor(max_pixels_per_frame: int = TINY_MAX_PIXELS_PER_FRAME) -> Qwen3VLProcessor:
-    """The real Qwen3-VL processor around the tiny tokenizer, with a small per-frame pixel budget."""
+def offline_processor(
+    max_pixels_per_frame: int = TINY_MAX_PIXELS_PER_FRAME, special_ids: dict[str, int] | None = None
+) -> Qwen3VLProcessor:
+    """The real Qwen3-VL processor around an offline tokenizer, with a per-frame pixel budget.
+
+    Frames within the budget keep their size (rounded to multiples of 32 pixels); larger ones are
+    scaled down to it.
+    """
     video_processor = Qwen3VLVideoProcessor(
         size={"shortest_edge": 32 * 32 * 2, "longest_edge": max_pixels_per_frame * 2048},
-        cap_pixels_per_frame=False,
+        cap_pixels_per_frame=True,
         max_video_tokens=max_pixels_per_frame // (32 * 32),
     )
     image_processor = Qwen2VLImageProcessor(
@@ -61,10 +86,15 @@ def tiny_processor(max_pixels_per_frame: int = TINY_MAX_PIXELS_PER_FRAME) -> Qwe
     )
     return Qwen3VLProcessor(
         image_processor=image_processor,
-        tokenizer=tiny_tokenizer(),
+        tokenizer=offline_tokenizer(special_ids),
         video_processor=video_processor,
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def tiny_processor() -> Qwen3VLProcessor:
+    """The processor of the tiny models: at most 16 merged tokens (128 x 128 pixels) per frame."""
+    return offline_processor(TINY_MAX_PIXELS_PER_FRAME)
 
 
 def tiny_model(
@@ -84,3 +114,17 @@ def tiny_model(
     model.generation_config.eos_token_id = None  # random weights: never stop early by chance
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model.to(dtype).eval()
+
+
+def random_model(size: str, *, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
+                 attn_implementation: str = "sdpa", seed: int = 0):  # fmt: skip
+    """A randomly initialised model with the real shapes of Qwen3-VL-{size}, built on `device`."""
+    config = real_config(size)
+    config._attn_implementation = attn_implementation
+    cls = Qwen3VLMoeForConditionalGeneration if config.model_type == "qwen3_vl_moe" else Qwen3VLForConditionalGeneration
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = None  # random weights: always generate the full length
+    model.generation_config.pad_token_id = QWEN_SPECIAL_IDS["<|endoftext|>"]
+    return model.eval()
