@@ -12,17 +12,34 @@ from .core import (
     total_budget,
     uniqueness,
 )
+from .video import VideoClip, VideoError, clip_to_processor_inputs, read_video
 
 __all__ = [
+    "ModelError",
+    "QAResult",
     "Selection",
     "VCastConfig",
+    "VideoClip",
+    "VideoError",
+    "VideoQA",
     "allocate_budgets",
     "allocation_weights",
+    "clip_to_processor_inputs",
     "frame_curvature",
     "frame_means",
+    "read_video",
     "select_tokens",
     "token_scores",
     "total_budget",
     "uniqueness",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The model side (transformers) loads only when asked for: `import vcast` stays light.
+    if name in ("VideoQA", "QAResult", "ModelError"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'vcast' has no attribute {name!r}")

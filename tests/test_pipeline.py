@@ -1,0 +1,155 @@
+"""VideoQA and the CLI end to end on the tiny offline model (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vcast import VCastConfig
+from vcast.pipeline import ModelError, QAResult, VideoQA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def qa() -> VideoQA:
+    return VideoQA.tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory) -> Path:
+    """8 s of a red ball crossing a grey room at 10 fps, with a cut to a green room at 5 s."""
+    path = tmp_path_factory.mktemp("clips") / "ball.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 192))
+    for i in range(80):
+        frame = np.full((192, 320, 3), (90, 90, 90) if i < 50 else (40, 160, 40), np.uint8)
+        cv2.circle(frame, (20 + 3 * i, 96), 18, (0, 0, 230), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_answer_gives_both_passes_with_fewer_visual_tokens_for_vcast(qa, clip_path):
+    result = qa.answer(clip_path, "Where does the ball go?", max_new_tokens=6)
+    assert isinstance(result, QAResult) and result.full is not None
+    T, h, w = result.grid
+    assert result.selection.budgets.shape == (T,) and len(result.group_times) == T
+    assert result.clip.num_frames == 2 * T  # 2 frames per temporal group
+    pruned, full = result.pruned.metrics, result.full.metrics
+    assert full.visual_tokens_in == full.visual_tokens_kept == T * h * w
+    assert pruned.visual_tokens_kept == int(result.selection.budgets.sum()) == round(0.25 * T * h * w)
+    assert pruned.sequence_length == full.sequence_length - (full.visual_tokens_kept - pruned.visual_tokens_kept)
+    assert pruned.new_tokens == full.new_tokens == 6
+    assert len(result.pruned.token_ids) == 6
+    for m in (pruned, full):
+        assert m.vision_ms > 0 and m.prefill_ms > 0 and m.ttft_ms >= m.vision_ms + m.prefill_ms
+        assert m.total_ms >= m.ttft_ms and m.peak_memory_mb > 0 and m.memory_kind == "process_rss"
+    assert full.selection_ms == 0.0 and pruned.selection_ms > 0
+
+
+def test_full_retention_answers_exactly_like_the_unpruned_pass(qa, clip_path):
+    result = qa.answer(clip_path, "What colour is the room?", config=VCastConfig(retain_ratio=1.0), max_new_tokens=8)
+    assert result.pruned.token_ids == result.full.token_ids
+    assert result.pruned.text == result.full.text
+
+
+def test_compare_false_skips_the_unpruned_pass(qa, clip_path):
+    result = qa.answer(clip_path, "Anything?", compare=False, max_new_tokens=3)
+    assert result.full is None and len(result.pruned.token_ids) == 3
+
+
+def test_streaming_delivers_the_vcast_pass_then_the_full_pass_then_the_result(qa, clip_path):
+    events = list(qa.stream(clip_path, "Describe it.", max_new_tokens=5))
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done" and isinstance(events[-1][1], QAResult)
+    assert kinds.index("vcast") < kinds.index("full")
+    assert "vcast" not in kinds[kinds.index("full") :]
+    result = events[-1][1]
+    assert "".join(p for k, p in events if k == "vcast") == result.pruned.text
+    assert "".join(p for k, p in events if k == "full") == result.full.text
+
+
+def test_stream_reraises_errors_in_the_callers_thread(qa, tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("this is not a video")
+    with pytest.raises(ValueError, match="not a video"):
+        list(qa.stream(bad, "What?"))
+
+
+def test_sampling_parameters_pass_through_to_generate(qa, clip_path):
+    torch.manual_seed(0)
+    a = qa.answer(clip_path, "Q?", compare=False, max_new_tokens=6, do_sample=True, temperature=5.0)
+    torch.manual_seed(1)
+    b = qa.answer(clip_path, "Q?", compare=False, max_new_tokens=6, do_sample=True, temperature=5.0)
+    assert a.pruned.token_ids != b.pruned.token_ids  # greedy decoding would give the same ids twice
+
+
+def test_empty_question_is_refused(qa, clip_path):
+    with pytest.raises(ValueError, match="question is empty"):
+        qa.answer(clip_path, "   ")
+
+
+def test_unreachable_hub_gives_one_message_naming_the_offline_way(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"cannot be reached.*--model tiny"):
+        VideoQA.from_pretrained("Qwen/Qwen3-VL-8B-Instruct")
+
+
+def test_a_checkpoint_of_another_family_names_the_supported_ones(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=32).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match=r"'llama' model; V-CAST supports Qwen3-VL"):
+        VideoQA.from_pretrained(str(tmp_path))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vcast", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_cli_answers_end_to_end_on_the_tiny_model_as_json(clip_path):
+    done = _cli(str(clip_path), "What happens?", "--model", "tiny", "--retain", "0.3", "--frames", "8",
+                "--max-new-tokens", "4", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["model"] == "tiny" and record["config"]["retain_ratio"] == 0.3
+    assert len(record["budgets"]) == 4 == record["grid_thw"][0]  # 8 frames -> 4 groups
+    assert record["vcast"]["metrics"]["visual_tokens_kept"] < record["full"]["metrics"]["visual_tokens_kept"]
+
+
+def test_cli_prints_both_answers_and_a_metrics_table(clip_path):
+    done = _cli(str(clip_path), "What happens?", "--model", "tiny", "--frames", "4", "--max-new-tokens", "3")
+    assert done.returncode == 0, done.stderr
+    assert "V-CAST answer:" in done.stdout and "unpruned answer:" in done.stdout
+    assert "prefill ms" in done.stdout and "ratio" in done.stdout
+    assert "random weights" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--retain", "0"], r"retain_ratio must be in \(0, 1\]"),
+        (["--frames", "1"], "--frames must be at least 2"),
+    ],
+)
+def test_cli_bad_settings_give_one_line_errors(clip_path, args, message):
+    done = _cli(str(clip_path), "Q?", "--model", "tiny", *args)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert re.search(message, done.stderr)
+
+
+def test_cli_bad_video_gives_a_video_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 2048)
+    done = _cli(str(bad), "Q?", "--model", "tiny")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "error:" in done.stderr

@@ -1,0 +1,249 @@
+"""GPU benchmark: unpruned vs V-CAST on random-weight models with the real Qwen3-VL shapes.
+
+    python -m vcast.bench [--sizes 8B] [--videos 32x448x448,64x352x640,128x352x640]
+                          [--ratios 0.25,0.15] [--runs 5] [--new-tokens 64] [--out results/bench.json]
+
+For each model size and synthetic video (frames x height x width), each method (unpruned, V-CAST at
+each retain ratio) is measured the way a user meets it: vision tower, selection, LLM prefill, then
+generation of `--new-tokens` tokens. Times are medians of `--runs` runs after a warm-up, taken with
+CUDA events. "prefill" = vision + selection + LLM prefill (one forward over the prompt); "TTFT" =
+vision + selection + time to the first generated token through `generate`; decode tokens/s is
+measured after the first token. "peak above weights" is torch.cuda.max_memory_allocated during the
+whole pass (vision to the last token) minus the memory held before it (weights). Each pass holds
+only what it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import VCastConfig
+from .core import select_tokens
+from .models import qwen3_vl
+from .pipeline import VideoQA
+from .video import VideoClip
+
+
+@dataclass
+class Row:
+    size: str
+    frames: int
+    height: int
+    width: int
+    method: str
+    retain_ratio: float
+    visual_tokens: int
+    sequence_length: int
+    vision_ms: float
+    selection_ms: float
+    llm_prefill_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_tokens_per_s: float
+    peak_above_weights_mb: float
+
+
+def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
+    """Moving coloured squares on gradients with a scene change halfway: (F, H, W, 3) uint8, 2 fps."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for i in range(num_frames):
+        second_scene = i >= num_frames // 2
+        blue = np.full_like(xx, 200 if second_scene else 60)
+        frames[i] = np.stack([xx * 255 // width, yy * 255 // height, blue], -1).astype(np.uint8)
+        x = (i * 13) % max(1, width - 64)
+        frames[i, 40:104, x : x + 64] = (230, 40, 40) if second_scene else (40, 40, 230)
+    frames = np.clip(frames.astype(np.int16) + rng.integers(-6, 7, frames.shape), 0, 255).astype(np.uint8)
+    indices = np.arange(num_frames) * 15
+    return VideoClip(frames=frames, timestamps=indices / 30.0, indices=indices, fps=30.0,
+                     duration=num_frames / 2.0, total_frames=num_frames * 15, backend="synthetic",
+                     source_size=(height, width))  # fmt: skip
+
+
+class _Events:
+    """CUDA-event stopwatch: mark(name) after each stage, read milliseconds after synchronising."""
+
+    def __init__(self):
+        self.marks = [("start", torch.cuda.Event(enable_timing=True))]
+        self.marks[0][1].record()
+
+    def mark(self, name: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.marks.append((name, event))
+
+    def ms(self) -> dict[str, float]:
+        self.marks[-1][1].synchronize()
+        return {name: prev.elapsed_time(cur) for (_, prev), (name, cur) in itertools.pairwise(self.marks)}
+
+
+class _FirstTokenClock:
+    """A generate() streamer that notes when the first new token exists."""
+
+    def __init__(self):
+        self.calls, self.first = 0, None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call hands over the prompt
+            torch.cuda.synchronize()
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generate_kwargs: dict) -> dict:
+    """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory."""
+    model = qa.model
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    held = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        clock = _Events()
+        features = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                         chunk_patches=qa.vision_chunk_patches)  # fmt: skip
+        positions = qwen3_vl.rope_positions(model, inputs)
+        clock.mark("vision")
+        keep = None
+        if ratio is not None:
+            keep = select_tokens(features.grouped(), VCastConfig(retain_ratio=ratio)).keep
+        pass_inputs = qwen3_vl.pass_inputs(model, inputs, features, positions, keep)
+        if keep is not None:
+            del features  # V-CAST holds only its slices from here on
+        clock.mark("selection")
+        out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1)
+        clock.mark("llm_prefill")
+        del out
+        times = clock.ms()
+
+        clock = _FirstTokenClock()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       do_sample=False, streamer=clock, **generate_kwargs)  # fmt: skip
+        torch.cuda.synchronize()
+        end = time.perf_counter()
+    return {
+        **times,
+        "first_token_ms": (clock.first - start) * 1000.0,
+        "decode_tokens_per_s": (new_tokens - 1) / (end - clock.first),
+        "peak_above_weights_mb": (torch.cuda.max_memory_allocated() - held) / 2**20,
+        "visual_tokens": pass_inputs.num_visual_tokens,
+        "sequence_length": int(pass_inputs.input_ids.shape[1]),
+    }
+
+
+def measure(qa: VideoQA, size: str, frames: int, height: int, width: int, ratio: float | None,
+            runs: int, new_tokens: int, generate_kwargs: dict) -> Row:  # fmt: skip
+    clip = synthetic_clip(frames, height, width)
+    inputs = qa._processor_inputs(clip, "Describe what happens in this video in detail.")
+    _one_pass(qa, inputs, ratio, new_tokens, generate_kwargs)  # warm-up (and compilation, if any)
+    results = [_one_pass(qa, inputs, ratio, new_tokens, generate_kwargs) for _ in range(runs)]
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in results)
+
+    vision, selection, llm = med("vision"), med("selection"), med("llm_prefill")
+    return Row(
+        size=size, frames=frames, height=height, width=width,
+        method="unpruned" if ratio is None else "vcast", retain_ratio=1.0 if ratio is None else ratio,
+        visual_tokens=results[0]["visual_tokens"], sequence_length=results[0]["sequence_length"],
+        vision_ms=vision, selection_ms=selection, llm_prefill_ms=llm, prefill_ms=vision + selection + llm,
+        ttft_ms=vision + selection + med("first_token_ms"), decode_tokens_per_s=med("decode_tokens_per_s"),
+        peak_above_weights_mb=max(r["peak_above_weights_mb"] for r in results),
+    )  # fmt: skip
+
+
+def _table(rows: list[Row]) -> str:
+    lines = [
+        "| model | frames, size | method | visual tokens | vision ms | selection ms | LLM prefill ms | prefill ms "
+        "| prefill / unpruned | TTFT ms | decode tok/s | peak above weights MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {}
+    for r in rows:
+        key = (r.size, r.frames, r.height, r.width)
+        if r.method == "unpruned":
+            base[key] = r
+        ref = base.get(key)
+        ratio = f"{r.prefill_ms / ref.prefill_ms:.2f}" if ref else "-"
+        name = "unpruned" if r.method == "unpruned" else f"V-CAST R={r.retain_ratio:g}"
+        lines.append(
+            f"| {r.size} | {r.frames}, {r.width}x{r.height} | {name} | {r.visual_tokens} | {r.vision_ms:.1f} | "
+            f"{r.selection_ms:.2f} | {r.llm_prefill_ms:.1f} | {r.prefill_ms:.1f} | {ratio} | {r.ttft_ms:.1f} | "
+            f"{r.decode_tokens_per_s:.1f} | {r.peak_above_weights_mb:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vcast.bench", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--sizes", default="8B", help="comma-separated Qwen3-VL sizes: 2B,4B,8B,32B,30B-A3B")
+    parser.add_argument("--videos", default="32x448x448,64x352x640,128x352x640", help="FRAMESxHEIGHTxWIDTH,...")
+    parser.add_argument("--ratios", default="0.25,0.15")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument(
+        "--compile-vision",
+        nargs="?",
+        const="default",
+        default=None,
+        help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead)",
+    )
+    parser.add_argument("--vision-chunk-patches", type=int, default=qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES)
+    parser.add_argument("--static-cache", action="store_true",
+                        help="decode with a static KV cache, which generate() compiles into CUDA graphs")  # fmt: skip
+    parser.add_argument("--out", default="results/bench.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("python -m vcast.bench needs a CUDA GPU")
+    import transformers
+
+    videos = [tuple(int(v) for v in spec.split("x")) for spec in args.videos.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "date": date.today().isoformat(), "attn": args.attn, "runs": args.runs, "new_tokens": args.new_tokens,
+            "command": "python -m vcast.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+    generate_kwargs = {"cache_implementation": "static"} if args.static_cache else {}
+    meta["decode_cache"] = "static (compiled)" if args.static_cache else "dynamic"
+    meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
+    meta["vision_chunk_patches"] = args.vision_chunk_patches
+    rows: list[Row] = []
+    for size in args.sizes.split(","):
+        compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
+        qa = VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
+                                    compile_vision=compile_vision,
+                                    vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+        for frames, height, width in videos:
+            for ratio in [None, *ratios]:
+                rows.append(
+                    measure(qa, size, frames, height, width, ratio, args.runs, args.new_tokens, generate_kwargs)
+                )
+                print(_table(rows[-1:]).splitlines()[-1], flush=True)
+        del qa
+        torch.cuda.empty_cache()
+    print(json.dumps(meta))
+    print(_table(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

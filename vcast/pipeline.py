@@ -1,0 +1,470 @@
+"""VideoQA: load a Qwen3-VL model once, answer questions about videos with and without V-CAST.
+
+One call of `answer` decodes the video once, preprocesses it once, runs the vision tower once, and
+then generates twice from the same features: on the V-CAST selection, and (compare=True) on all
+visual tokens. Each pass reports what it cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from .config import VCastConfig
+from .core import Selection, allocate_budgets, allocation_weights, select_tokens, total_budget
+from .models import qwen3_vl
+from .models.vision_attention import use_batched_vision_attention
+from .video import VideoClip, clip_to_processor_inputs, read_video
+
+DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-8B-Instruct"
+TINY_MODEL_ID = "tiny"
+DEFAULT_MAX_NEW_TOKENS = 128
+
+# Called with (pass name, text piece) as a pass generates: "vcast" first, then "full".
+TokenCallback = Callable[[str, str], None]
+
+
+class ModelError(RuntimeError):
+    """A model could not be loaded or run; the message is fit to show a user."""
+
+
+@dataclass(frozen=True)
+class PassMetrics:
+    """The measured cost of one generation pass. Times in milliseconds.
+
+    vision_ms (the shared vision tower plus the unpruned rotary positions) is counted in both
+    passes' ttft_ms and total_ms, as if each pass had run alone; selection_ms is 0 for the full pass.
+    peak_memory_mb is torch.cuda.max_memory_allocated on a GPU and the process RSS on a CPU
+    (`memory_kind` says which).
+    """
+
+    visual_tokens_in: int
+    visual_tokens_kept: int
+    sequence_length: int
+    vision_ms: float
+    selection_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_tokens_per_s: float
+    total_ms: float
+    new_tokens: int
+    peak_memory_mb: float
+    memory_kind: str
+
+
+@dataclass(frozen=True)
+class PassResult:
+    text: str
+    token_ids: list[int]
+    metrics: PassMetrics
+
+
+@dataclass(frozen=True)
+class QAResult:
+    """Both answers and everything needed to show why.
+
+    pruned: the V-CAST pass; full: the unpruned pass (None when compare=False).
+    selection: the V-CAST Selection (tensors on the CPU); grid: (T, h, w) merged-token grid;
+    processed_size: (height, width) in pixels of the frames the vision tower saw;
+    group_times: (T,) seconds, the middle of each temporal group's two frames.
+    allocations: per-group budgets of the same total under the "uniform" and "uniqueness"
+    allocations, for comparison with V-CAST's `selection.budgets`.
+    """
+
+    question: str
+    pruned: PassResult
+    full: PassResult | None
+    selection: Selection
+    grid: tuple[int, int, int]
+    processed_size: tuple[int, int]
+    group_times: list[float]
+    clip: VideoClip
+    config: VCastConfig
+    model_id: str
+    allocations: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+
+class _Timer:
+    """Wall-clock milliseconds of a region; on CUDA, measured with events around the region."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            self.ms = self._start.elapsed_time(self._end)
+        else:
+            self.ms = (time.perf_counter() - self._t0) * 1000.0
+
+
+class _PassStreamer(BaseStreamer):
+    """Collects new token ids, stamps the first one, forwards decoded text pieces to a callback."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None, device: torch.device):
+        self.tokenizer, self.on_text, self.device = tokenizer, on_text, device
+        self.token_ids: list[int] = []
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+        self._printed = ""
+        self.peak_rss = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt
+            self._prompt_seen = True
+            return
+        ids = value.reshape(-1).tolist()  # a host sync: the token exists now
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.token_ids.extend(ids)
+        if self.device.type != "cuda":
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            if len(text) > len(self._printed) and not text.endswith("\ufffd"):  # wait out partial characters
+                self.on_text(text[len(self._printed) :])
+                self._printed = text
+
+    def end(self) -> None:
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            if len(text) > len(self._printed):
+                self.on_text(text[len(self._printed) :])
+            self._printed = text
+
+
+def _comparison_allocations(grouped: torch.Tensor, selection: Selection, config: VCastConfig) -> dict[str, list[int]]:
+    """Budgets the other allocation strategies would give, with the same total and bounds."""
+    T, N, _ = grouped.shape
+    total = total_budget(T, N, config)
+    means = grouped.mean(dim=1, dtype=torch.float32)
+    budgets = {}
+    for name in ("uniform", "uniqueness"):
+        weights = allocation_weights(selection.curvature, means, allocation=name, temperature=config.temperature)
+        budgets[name] = allocate_budgets(
+            weights, total, min_per_frame=min(config.min_tokens_per_frame, N), cap=N
+        ).tolist()
+    return budgets
+
+
+def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers on its HTTPS port (False at once where DNS fails)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if endpoint:
+        host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+class VideoQA:
+    """A Qwen3-VL model and processor, loaded once, answering questions about videos.
+
+    Build with `VideoQA.from_pretrained(model_id)` (hub or local folder) or `VideoQA.tiny()`.
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        model_id: str,
+        vision_chunk_patches: int = qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES,
+        processor_kwargs: dict | None = None,
+        batched_vision_attention: bool = True,
+        compile_vision: bool | str = False,
+    ):
+        """Wrap a loaded Qwen3-VL `model` and its `processor`.
+
+        batched_vision_attention: one attention call per vision layer for all frame pairs (same
+        result, far fewer launches; only when the vision tower uses SDPA).
+        vision_chunk_patches: patches the vision tower encodes at once (activation memory vs speed).
+        compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
+        the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
+        string names the torch.compile mode (e.g. "reduce-overhead" for CUDA graphs).
+        """
+        qwen3_vl.check_supported(model)
+        if batched_vision_attention and model.config.vision_config._attn_implementation == "sdpa":
+            use_batched_vision_attention(model)
+        if compile_vision:
+            mode = compile_vision if isinstance(compile_vision, str) else None
+            model.model.visual.compile(dynamic=True, mode=mode)
+        self.model, self.processor, self.model_id = model, processor, model_id
+        self.vision_chunk_patches = vision_chunk_patches
+        self.processor_kwargs = processor_kwargs or {}
+        self.is_tiny = model_id == TINY_MODEL_ID
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str = DEFAULT_MODEL_ID,
+        *,
+        device_map: str | dict | None = "auto",
+        dtype: str | torch.dtype = "auto",
+        attn_implementation: str | None = None,
+        max_pixels_per_video: int = 16384 * 32 * 32,
+        **loading_options,
+    ) -> VideoQA:
+        """Load a Qwen3-VL checkpoint from the Hugging Face hub or a local folder.
+
+        `max_pixels_per_video` is the processor's total pixel budget over the clip (each 32 x 32
+        pixels of a frame pair becomes one visual token); per-frame pixels are capped as in the
+        reference qwen-vl-utils. Raises ModelError with what to do when the checkpoint is
+        unreachable, unknown, or not Qwen3-VL.
+        """
+        if model_id == TINY_MODEL_ID:
+            return cls.tiny()
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        # Without the hub, only a local folder or a copy in the local cache can load; find out in
+        # seconds rather than after the hub client's retries.
+        offline = not Path(model_id).is_dir() and not hub_reachable()
+        if offline:
+            loading_options.setdefault("local_files_only", True)
+        try:
+            config = AutoConfig.from_pretrained(model_id, local_files_only=offline)
+        except (OSError, ValueError) as err:
+            why = "the Hugging Face hub cannot be reached from here" if offline else "no such model was found"
+            raise ModelError(
+                f"Could not load the model {model_id!r}: {why}. Check the name and your connection, pass a local "
+                "folder, or run offline on the tiny random model (`--model tiny`, VideoQA.tiny())."
+            ) from err
+        if config.model_type not in qwen3_vl.SUPPORTED_MODEL_TYPES:
+            raise ModelError(
+                f"{model_id!r} is a {config.model_type!r} model; V-CAST supports Qwen3-VL checkpoints "
+                "(Qwen/Qwen3-VL-2B/4B/8B/32B-Instruct and Qwen/Qwen3-VL-30B-A3B-Instruct)."
+            )
+        options = {"device_map": device_map, "dtype": dtype, **loading_options}
+        if attn_implementation is not None:
+            options["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(model_id, **options).eval()
+            processor = AutoProcessor.from_pretrained(model_id, local_files_only=offline)
+        except OSError as err:
+            raise ModelError(f"Could not load the weights of {model_id!r}: {err}") from err
+        budget = {"size": {"shortest_edge": 128 * 32 * 32, "longest_edge": max_pixels_per_video}}
+        return cls(model, processor, model_id=model_id, processor_kwargs={**budget, "cap_pixels_per_frame": True})
+
+    @classmethod
+    def tiny(cls, seed: int = 0, *, moe: bool = False, attn_implementation: str = "sdpa") -> VideoQA:
+        """A tiny random Qwen3-VL of the real architecture, with an offline tokenizer and processor."""
+        from .models.tiny import tiny_model, tiny_processor
+
+        model = tiny_model(seed=seed, moe=moe, attn_implementation=attn_implementation)
+        return cls(model, tiny_processor(), model_id=TINY_MODEL_ID)
+
+    @classmethod
+    def random_weights(
+        cls,
+        size: str = "8B",
+        *,
+        device: str | torch.device = "cuda",
+        dtype: torch.dtype = torch.bfloat16,
+        attn_implementation: str = "sdpa",
+        max_pixels_per_frame: int = 768 * 32 * 32,
+        **options,
+    ) -> VideoQA:
+        """A random-weight model with the real shapes of Qwen3-VL-{size} and an offline processor:
+        the real costs of that model, offline (benchmarks, GPU checks); its answers are noise."""
+        from .models.tiny import QWEN_SPECIAL_IDS, offline_processor, random_model
+
+        model = random_model(size, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        processor = offline_processor(max_pixels_per_frame, QWEN_SPECIAL_IDS)
+        return cls(model, processor, model_id=f"random-weights:Qwen3-VL-{size}", **options)
+
+    # -- answering --------------------------------------------------------------------------------
+
+    def answer(
+        self,
+        video: str | os.PathLike | VideoClip,
+        question: str,
+        *,
+        config: VCastConfig | None = None,
+        compare: bool = True,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        num_frames: int | None = None,
+        on_token: TokenCallback | None = None,
+        **generation_kwargs,
+    ) -> QAResult:
+        """Answer `question` about `video` (a path or a VideoClip) with V-CAST, and unpruned if `compare`.
+
+        Greedy decoding unless sampling parameters are passed (do_sample=True, temperature, ...).
+        `on_token(pass_name, text_piece)` receives each pass's text as it is generated.
+        """
+        config = config or VCastConfig()
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("Please ask a question about the video (the question is empty).")
+        clip = video if isinstance(video, VideoClip) else read_video(video, num_frames=num_frames)
+        inputs = self._processor_inputs(clip, question)
+        qwen3_vl.check_single_video(inputs)
+
+        # One vision pass and one set of unpruned positions serve both generations.
+        self._reset_peak()
+        with torch.inference_mode(), _Timer(self.device) as vision:
+            features = qwen3_vl.encode_video(
+                self.model,
+                inputs["pixel_values_videos"],
+                inputs["video_grid_thw"],
+                chunk_patches=self.vision_chunk_patches,
+            )
+            positions = qwen3_vl.rope_positions(self.model, inputs)
+        vision_peak = self._peak_memory()
+
+        with torch.inference_mode(), _Timer(self.device) as selecting:
+            selection = select_tokens(features.grouped(), config)
+            pruned_inputs = qwen3_vl.pass_inputs(self.model, inputs, features, positions, selection.keep)
+        allocations = _comparison_allocations(features.grouped(), selection, config)
+        visual_tokens = int(features.embeds.shape[0])
+        grid = features.grid
+        if not compare:
+            del features  # the pruned pass holds its own slices; free the unpruned features first
+        pruned = self._generate(
+            "vcast", pruned_inputs, visual_tokens, vision.ms, selecting.ms, vision_peak, max_new_tokens, on_token,
+            generation_kwargs,
+        )  # fmt: skip
+        full = None
+        if compare:
+            full_inputs = qwen3_vl.pass_inputs(self.model, inputs, features, positions)
+            full = self._generate(
+                "full", full_inputs, visual_tokens, vision.ms, 0.0, vision_peak, max_new_tokens, on_token,
+                generation_kwargs,
+            )  # fmt: skip
+        return QAResult(
+            question=question,
+            pruned=pruned,
+            full=full,
+            selection=Selection(**{f.name: getattr(selection, f.name).cpu() for f in dataclasses.fields(Selection)}),
+            grid=grid,
+            processed_size=(grid[1] * 32, grid[2] * 32),
+            group_times=((clip.timestamps[0::2] + clip.timestamps[1::2]) / 2).tolist(),
+            clip=clip,
+            config=config,
+            model_id=self.model_id,
+            allocations=allocations,
+        )
+
+    def stream(self, video, question: str, **answer_kwargs) -> Iterator[tuple[str, str | QAResult]]:
+        """`answer` as a stream of events: ("vcast" | "full", text piece) as tokens arrive, then
+        ("done", QAResult). An error in the worker is raised here, in the caller's thread."""
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                result = self.answer(video, question, on_token=lambda name, piece: events.put((name, piece)),
+                                     **answer_kwargs)  # fmt: skip
+                events.put(("done", result))
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                events.put(("error", err))
+
+        threading.Thread(target=work, daemon=True).start()
+        while True:
+            kind, payload = events.get()
+            if kind == "error":
+                raise payload
+            yield kind, payload
+            if kind == "done":
+                return
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _processor_inputs(self, clip: VideoClip, question: str):
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        video_kwargs = clip_to_processor_inputs(clip)
+        inputs = self.processor(text=[text], return_tensors="pt", **video_kwargs, **self.processor_kwargs)
+        # The patches stay on the host: the vision tower takes them chunk by chunk.
+        pixels = inputs.pop("pixel_values_videos")
+        inputs = inputs.to(self.device)
+        inputs["pixel_values_videos"] = pixels.pin_memory() if self.device.type == "cuda" else pixels
+        return inputs
+
+    def _generate(
+        self,
+        name: str,
+        pass_inputs: qwen3_vl.PassInputs,
+        visual_tokens_in: int,
+        vision_ms: float,
+        selection_ms: float,
+        vision_peak: float,
+        max_new_tokens: int,
+        on_token: TokenCallback | None,
+        generation_kwargs: dict,
+    ) -> PassResult:
+        emit = None if on_token is None else (lambda piece: on_token(name, piece))
+        streamer = _PassStreamer(self.processor.tokenizer, emit, self.device)
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, **generation_kwargs}
+        if not kwargs.get("do_sample"):
+            kwargs.setdefault("temperature", None)
+            kwargs.setdefault("top_p", None)
+            kwargs.setdefault("top_k", None)
+        self._reset_peak()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.model.generate(**pass_inputs.generate_kwargs(), streamer=streamer, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        first = streamer.first_token_at or end
+        new_tokens = len(streamer.token_ids)
+        prefill_ms = (first - start) * 1000.0
+        decode_s = end - first
+        peak = max(vision_peak, self._peak_memory(streamer.peak_rss))
+        metrics = PassMetrics(
+            visual_tokens_in=visual_tokens_in,
+            visual_tokens_kept=pass_inputs.num_visual_tokens,
+            sequence_length=int(pass_inputs.input_ids.shape[1]),
+            vision_ms=vision_ms,
+            selection_ms=selection_ms,
+            prefill_ms=prefill_ms,
+            ttft_ms=vision_ms + selection_ms + prefill_ms,
+            decode_tokens_per_s=(new_tokens - 1) / decode_s if new_tokens > 1 and decode_s > 0 else 0.0,
+            total_ms=vision_ms + selection_ms + (end - start) * 1000.0,
+            new_tokens=new_tokens,
+            peak_memory_mb=peak,
+            memory_kind="cuda_max_allocated" if self.device.type == "cuda" else "process_rss",
+        )
+        text = self.processor.tokenizer.decode(streamer.token_ids, skip_special_tokens=True)
+        return PassResult(text=text, token_ids=list(streamer.token_ids), metrics=metrics)
+
+    def _reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _peak_memory(self, rss_seen: int = 0) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(rss_seen, _rss_bytes()) / 2**20
