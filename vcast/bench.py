@@ -133,8 +133,9 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generat
         clock = _FirstTokenClock()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, streamer=clock, **generate_kwargs)  # fmt: skip
+        with qwen3_vl.generation_attention(torch.device("cuda")):
+            model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, streamer=clock, **generate_kwargs)  # fmt: skip
         torch.cuda.synchronize()
         end = time.perf_counter()
     return {

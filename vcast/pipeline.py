@@ -433,7 +433,7 @@ class VideoQA:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), qwen3_vl.generation_attention(self.device):
             self.model.generate(**pass_inputs.generate_kwargs(), streamer=streamer, **kwargs)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
