@@ -53,6 +53,11 @@ def test_answer_gives_both_passes_with_fewer_visual_tokens_for_vcast(qa, clip_pa
         assert m.vision_ms > 0 and m.prefill_ms > 0 and m.ttft_ms >= m.vision_ms + m.prefill_ms
         assert m.total_ms >= m.ttft_ms and m.peak_memory_mb > 0 and m.memory_kind == "process_rss"
     assert full.selection_ms == 0.0 and pruned.selection_ms > 0
+    # The comparison allocations: same total, one budget per group; the chosen one is V-CAST's own.
+    assert set(result.allocations) == {"curvature", "uniform", "uniqueness"}
+    assert result.allocations["curvature"] == result.selection.budgets.tolist()
+    for budgets in result.allocations.values():
+        assert len(budgets) == T and sum(budgets) == pruned.visual_tokens_kept
 
 
 def test_full_retention_answers_exactly_like_the_unpruned_pass(qa, clip_path):
