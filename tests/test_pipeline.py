@@ -158,3 +158,79 @@ def test_cli_bad_video_gives_a_video_error_not_a_traceback(tmp_path):
     bad.write_bytes(b"\x00" * 2048)
     done = _cli(str(bad), "Q?", "--model", "tiny")
     assert done.returncode == 2 and "Traceback" not in done.stderr and "error:" in done.stderr
+
+
+# --- faults and limits ---------------------------------------------------------------------------
+
+
+def _raise_once(error: BaseException, real):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def test_out_of_memory_while_encoding_gives_advice_and_the_next_request_works(qa, clip_path, monkeypatch):
+    from vcast.models import qwen3_vl
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(qwen3_vl, "encode_video", _raise_once(oom, qwen3_vl.encode_video))
+    with pytest.raises(ModelError, match=r"ran out of memory on this video \(encoding the frames\).*fewer frames"):
+        qa.answer(clip_path, "What happens?", max_new_tokens=2)
+    assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).pruned.token_ids) == 2
+
+
+def test_out_of_memory_while_generating_gives_advice_and_the_next_request_works(qa, clip_path, monkeypatch):
+    oom = torch.OutOfMemoryError("CUDA out of memory.")
+    monkeypatch.setattr(qa.model, "generate", _raise_once(oom, qa.model.generate))
+    with pytest.raises(ModelError, match=r"generating the V-CAST answer.*lower resolution"):
+        qa.answer(clip_path, "What happens?", max_new_tokens=2)
+    assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).full.token_ids) == 2
+
+
+def test_a_cancelled_request_stops_between_tokens(qa, clip_path):
+    import threading
+
+    from vcast.pipeline import Cancelled
+
+    cancel, pieces = threading.Event(), []
+
+    def on_token(name, piece):
+        pieces.append(name)
+        if len(pieces) == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        qa.answer(clip_path, "Describe it.", max_new_tokens=200, on_token=on_token, cancel=cancel)
+    assert 3 <= len(pieces) <= 5 and "full" not in pieces  # stopped within a token; no unpruned pass
+
+
+def test_closing_a_stream_early_stops_its_worker(qa, clip_path):
+    import threading
+    import time
+
+    stream = qa.stream(clip_path, "Describe it.", max_new_tokens=2000)
+    assert next(stream)[0] == "vcast"
+    stream.close()
+    deadline = time.monotonic() + 20
+    while any(t.name == "vcast-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "vcast-stream" for t in threading.enumerate())
+
+
+def test_each_pass_stops_at_its_time_limit(clip_path):
+    slow = VideoQA.tiny(seed=0)
+    slow.max_generation_s = 1e-6
+    result = slow.answer(clip_path, "Describe it.", max_new_tokens=300)
+    assert 1 <= result.pruned.metrics.new_tokens < 300 and 1 <= result.full.metrics.new_tokens < 300
+
+
+@pytest.mark.parametrize("tokens", [0, -3, 100_000, 2.5, True])
+def test_token_limits_are_enforced_with_a_clear_message(qa, clip_path, tokens):
+    with pytest.raises(ValueError, match="max_new_tokens must be"):
+        qa.answer(clip_path, "Q?", max_new_tokens=tokens)

@@ -8,6 +8,7 @@ visual tokens. Each pass reports what it cost.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import queue
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .config import ALLOCATIONS, VCastConfig
@@ -29,6 +31,8 @@ from .video import VideoClip, clip_to_processor_inputs, read_video
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-8B-Instruct"
 TINY_MODEL_ID = "tiny"
 DEFAULT_MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS_LIMIT = 2048  # a hard cap per pass, whatever the caller asks for
+DEFAULT_MAX_GENERATION_S = 300.0  # wall-clock limit of one pass's generation
 
 # Called with (pass name, text piece) as a pass generates: "vcast" first, then "full".
 TokenCallback = Callable[[str, str], None]
@@ -36,6 +40,26 @@ TokenCallback = Callable[[str, str], None]
 
 class ModelError(RuntimeError):
     """A model could not be loaded or run; the message is fit to show a user."""
+
+
+class Cancelled(RuntimeError):
+    """The request was cancelled (its `cancel` event was set) before it finished."""
+
+
+_OUT_OF_MEMORY = (
+    "The GPU ran out of memory on this video ({stage}). Sample fewer frames (e.g. 16), use a lower "
+    "resolution or a shorter clip, or pick a smaller model; the next request starts with the memory freed."
+)
+
+
+class _CancelCriteria(StoppingCriteria):
+    """Stops generate() between two tokens once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -201,6 +225,7 @@ class VideoQA:
         processor_kwargs: dict | None = None,
         batched_vision_attention: bool = True,
         compile_vision: bool | str = False,
+        max_generation_s: float = DEFAULT_MAX_GENERATION_S,
     ):
         """Wrap a loaded Qwen3-VL `model` and its `processor`.
 
@@ -210,6 +235,7 @@ class VideoQA:
         compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
         the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
         string names the torch.compile mode (e.g. "reduce-overhead" for CUDA graphs).
+        max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         """
         qwen3_vl.check_supported(model)
         if batched_vision_attention and model.config.vision_config._attn_implementation == "sdpa":
@@ -219,6 +245,7 @@ class VideoQA:
             model.model.visual.compile(dynamic=True, mode=mode)
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
+        self.max_generation_s = max_generation_s
         self.processor_kwargs = processor_kwargs or {}
         self.is_tiny = model_id == TINY_MODEL_ID
 
@@ -323,21 +350,51 @@ class VideoQA:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         num_frames: int | None = None,
         on_token: TokenCallback | None = None,
+        cancel: threading.Event | None = None,
         **generation_kwargs,
     ) -> QAResult:
         """Answer `question` about `video` (a path or a VideoClip) with V-CAST, and unpruned if `compare`.
 
         Greedy decoding unless sampling parameters are passed (do_sample=True, temperature, ...).
-        `on_token(pass_name, text_piece)` receives each pass's text as it is generated.
+        `on_token(pass_name, text_piece)` receives each pass's text as it is generated. Setting `cancel`
+        stops the work at the next token or stage and raises Cancelled. Running out of GPU memory frees
+        what the request held and raises ModelError saying what to try.
         """
         config = config or VCastConfig()
         if not isinstance(question, str) or not question.strip():
             raise ValueError("Please ask a question about the video (the question is empty).")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
+        if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
+        cancel = cancel or threading.Event()
         clip = video if isinstance(video, VideoClip) else read_video(video, num_frames=num_frames)
+        stage = ["preparing the frames"]  # the step under way, for the out-of-memory message
+        try:
+            return self._answer(clip, question, config, compare, max_new_tokens, on_token, cancel, generation_kwargs,
+                                stage)  # fmt: skip
+        except torch.OutOfMemoryError as err:
+            self._free_memory()
+            raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
+
+    def _answer(
+        self,
+        clip: VideoClip,
+        question: str,
+        config: VCastConfig,
+        compare: bool,
+        max_new_tokens: int,
+        on_token: TokenCallback | None,
+        cancel: threading.Event,
+        generation_kwargs: dict,
+        stage: list[str],
+    ) -> QAResult:
         inputs = self._processor_inputs(clip, question)
         qwen3_vl.check_single_video(inputs)
 
         # One vision pass and one set of unpruned positions serve both generations.
+        stage[0] = "encoding the frames"
+        self._check(cancel)
         self._reset_peak()
         with torch.inference_mode(), _Timer(self.device) as vision:
             features = qwen3_vl.encode_video(
@@ -349,6 +406,7 @@ class VideoQA:
             positions = qwen3_vl.rope_positions(self.model, inputs)
         vision_peak = self._peak_memory()
 
+        stage[0] = "selecting tokens"
         with torch.inference_mode(), _Timer(self.device) as selecting:
             selection = select_tokens(features.grouped(), config)
             pruned_inputs = qwen3_vl.pass_inputs(self.model, inputs, features, positions, selection.keep)
@@ -357,16 +415,20 @@ class VideoQA:
         grid = features.grid
         if not compare:
             del features  # the pruned pass holds its own slices; free the unpruned features first
+        stage[0] = "generating the V-CAST answer"
+        self._check(cancel)
         pruned = self._generate(
             "vcast", pruned_inputs, visual_tokens, vision.ms, selecting.ms, vision_peak, max_new_tokens, on_token,
-            generation_kwargs,
+            cancel, generation_kwargs,
         )  # fmt: skip
         full = None
         if compare:
+            stage[0] = "generating the unpruned answer"
+            self._check(cancel)
             full_inputs = qwen3_vl.pass_inputs(self.model, inputs, features, positions)
             full = self._generate(
                 "full", full_inputs, visual_tokens, vision.ms, 0.0, vision_peak, max_new_tokens, on_token,
-                generation_kwargs,
+                cancel, generation_kwargs,
             )  # fmt: skip
         return QAResult(
             question=question,
@@ -392,25 +454,33 @@ class VideoQA:
 
     def stream(self, video, question: str, **answer_kwargs) -> Iterator[tuple[str, str | QAResult]]:
         """`answer` as a stream of events: ("vcast" | "full", text piece) as tokens arrive, then
-        ("done", QAResult). An error in the worker is raised here, in the caller's thread."""
+        ("done", QAResult). An error in the worker is raised here, in the caller's thread; closing the
+        stream early cancels the work."""
         events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
 
         def work() -> None:
             try:
                 result = self.answer(video, question, on_token=lambda name, piece: events.put((name, piece)),
-                                     **answer_kwargs)  # fmt: skip
+                                     cancel=cancel, **answer_kwargs)  # fmt: skip
                 events.put(("done", result))
             except BaseException as err:  # handed to the consumer, which re-raises it
                 events.put(("error", err))
 
-        threading.Thread(target=work, daemon=True).start()
-        while True:
-            kind, payload = events.get()
-            if kind == "error":
-                raise payload
-            yield kind, payload
-            if kind == "done":
-                return
+        worker = threading.Thread(target=work, name="vcast-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, payload = events.get()
+                if kind == "error":
+                    raise payload
+                yield kind, payload
+                if kind == "done":
+                    return
+        finally:
+            # The consumer stopped early (closed the generator, e.g. a cancelled web request) or an
+            # error ended the stream: the worker stops at its next token instead of running on.
+            cancel.set()
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -435,11 +505,14 @@ class VideoQA:
         vision_peak: float,
         max_new_tokens: int,
         on_token: TokenCallback | None,
+        cancel: threading.Event,
         generation_kwargs: dict,
     ) -> PassResult:
         emit = None if on_token is None else (lambda piece: on_token(name, piece))
         streamer = _PassStreamer(self.processor.tokenizer, emit, self.device)
-        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, **generation_kwargs}
+        stop = StoppingCriteriaList([_CancelCriteria(cancel)])
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "max_time": self.max_generation_s,
+                  "stopping_criteria": stop, **generation_kwargs}  # fmt: skip
         if not kwargs.get("do_sample"):
             kwargs.setdefault("temperature", None)
             kwargs.setdefault("top_p", None)
@@ -453,6 +526,7 @@ class VideoQA:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         end = time.perf_counter()
+        self._check(cancel)
         first = streamer.first_token_at or end
         new_tokens = len(streamer.token_ids)
         prefill_ms = (first - start) * 1000.0
@@ -474,6 +548,17 @@ class VideoQA:
         )
         text = self.processor.tokenizer.decode(streamer.token_ids, skip_special_tokens=True)
         return PassResult(text=text, token_ids=list(streamer.token_ids), metrics=metrics)
+
+    @staticmethod
+    def _check(cancel: threading.Event) -> None:
+        if cancel.is_set():
+            raise Cancelled("The request was cancelled.")
+
+    def _free_memory(self) -> None:
+        """Release what a failed request left behind, so the next one starts clean."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _reset_peak(self) -> None:
         if self.device.type == "cuda":
