@@ -103,7 +103,7 @@ class _FirstTokenClock:
             self.first = time.perf_counter()
 
     def end(self) -> None:
-        pass
+        """Nothing to flush: the clock only notes the first token."""
 
 
 def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generate_kwargs: dict) -> dict:
