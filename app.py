@@ -1,11 +1,14 @@
 """V-CAST app: upload a video, ask a question, and see V-CAST's answer beside the unpruned model's.
 
-    python app.py [--model ID_OR_FOLDER] [--host 0.0.0.0] [--port 7860]
+    python app.py [--model ID_OR_FOLDER] [--host 0.0.0.0] [--port 7860] [--max-queue 32]
 
 The model loads once, at start: `--model` or the VCAST_MODEL variable, else Qwen3-VL-8B-Instruct on a
 GPU with enough memory and Qwen3-VL-2B-Instruct otherwise. Where the Hugging Face hub cannot be
 reached, the app starts on the tiny random model and says so in a banner. Scripts call the named
 endpoint `/analyze` (video file, question, optional settings) through gradio_client.
+
+Every input that cannot work gets one sentence saying what to do, and the server keeps serving: see
+docs/RELIABILITY.md for each bad input, fault and limit tried, with the message a user sees.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ except ImportError:
     spaces = None
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
+import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -37,6 +44,10 @@ import cv2
 import gradio as gr
 import numpy as np
 import torch
+from gradio.data_classes import FileData
+from gradio.route_utils import delete_files_created_by_app
+from gradio_client.utils import is_file_obj_with_meta
+from pydantic import ValidationInfo, model_validator
 
 from vcast import VCastConfig
 from vcast.__main__ import result_record
@@ -66,11 +77,15 @@ MAX_UPLOAD_MB = 200
 MAX_DURATION_S = 300.0
 MAX_FRAMES = 64
 MAX_NEW_TOKENS = 512
+MAX_QUESTION_CHARS = 2000  # a question, not a document: at most a few thousand tokens next to the video's
+MAX_GENERATION_S = 50.0  # per answer; both answers and the vision tower must fit ZeroGPU's 120 s slice
+MAX_QUEUE_SIZE = 32  # requests waiting beyond this are refused at once ("busy, try again") instead of hanging
 GPU_CONCURRENCY = 1  # one model on one GPU: concurrent runs would share its memory and skew each other's timings
 ZERO_GPU_DURATION_S = 120
 ZERO_GPU_MEMORY_GIB = 70.0  # a ZeroGPU slice of an H200
 DISPLAY_SIDE_PX = 640  # overlays are drawn on frames this large at most: sharp in the gallery, light in memory
-OUTPUT_MAX_AGE_S = 3600
+OUTPUT_MAX_AGE_S = 3600  # uploads, outputs and per-session state older than this are deleted
+CACHE_SWEEP_S = 600  # how often Gradio looks for such files
 STREAM_INTERVAL_S = 0.1  # the answers refresh at most this often while they stream
 
 # Qwen3-VL checkpoints the app offers -> GPU memory (GiB) each needs in bf16 with a 64-frame clip in flight.
@@ -96,6 +111,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "random model (default: VCAST_MODEL, else 8B on a large GPU, 2B otherwise)")  # fmt: skip
     parser.add_argument("--host", default=None, help="address to bind (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
+    parser.add_argument("--max-queue", type=int, default=os.environ.get("VCAST_MAX_QUEUE", str(MAX_QUEUE_SIZE)),
+                        help="requests that may wait for the model; more are refused with 'busy, try again' "
+                             f"(default: VCAST_MAX_QUEUE, else {MAX_QUEUE_SIZE})")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -123,11 +141,17 @@ def model_choices(loaded_id: str, *, hub_ok: bool, gpu_gib: float) -> list[str]:
     return fitting if loaded_id in fitting else [loaded_id, *fitting]
 
 
+def _with_limits(qa: VideoQA) -> VideoQA:
+    """qa with the app's time limit per answer: a longer generation is cut there, and the user is told."""
+    qa.max_generation_s = MAX_GENERATION_S
+    return qa
+
+
 def _load(model_id: str) -> VideoQA:
     if model_id == TINY_MODEL_ID:
-        return VideoQA.tiny()
+        return _with_limits(VideoQA.tiny())
     # On ZeroGPU the GPU is attached per call; `spaces` makes .to("cuda") at start-up valid.
-    qa = VideoQA.from_pretrained(model_id, **({"device_map": "cuda"} if ON_ZERO_GPU else {}))
+    qa = _with_limits(VideoQA.from_pretrained(model_id, **({"device_map": "cuda"} if ON_ZERO_GPU else {})))
     if not ON_ZERO_GPU:  # there the GPU only exists inside a call
         warm_up(qa)
     return qa
@@ -165,7 +189,7 @@ def load_startup_model(requested: str | None, *, hub_ok: bool, gpu_gib: float) -
         qa = _load(model_id)
     except ModelError as err:
         logger.error("could not load %s, serving the tiny random model instead: %s", model_id, err)
-        return VideoQA.tiny(), f"⚠️ **{err}** The app runs the tiny random model instead. {_TINY_NOTE}"
+        return _load(TINY_MODEL_ID), f"⚠️ **{err}** The app runs the tiny random model instead. {_TINY_NOTE}"
     if qa.is_tiny and requested:
         return qa, f"⚠️ **Demo model, as asked** (`tiny`). {_TINY_NOTE} {_REAL_MODEL_HOWTO}"
     if qa.is_tiny:
@@ -173,6 +197,13 @@ def load_startup_model(requested: str | None, *, hub_ok: bool, gpu_gib: float) -
     if qa.device.type == "cpu":
         return qa, f"⚠️ **No GPU found:** `{qa.model_id}` runs on the CPU, so one answer takes minutes."
     return qa, None
+
+
+def free_memory() -> None:
+    """Return what dropped tensors held to the GPU, so the next request starts with it free."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class ModelSlot:
@@ -190,14 +221,27 @@ class ModelSlot:
         with self._lock:
             if self.qa is None or self.qa.model_id != model_id:
                 self.qa = None  # free the old weights before the new ones arrive
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                free_memory()
                 self.qa = _load(model_id)
             return self.qa
 
 
+def own_upload_folder() -> None:
+    """Give this process an upload folder of its own, removed when it exits, unless GRADIO_TEMP_DIR names one.
+
+    Gradio deletes its files at shutdown only once every connection has closed, which an open browser tab never
+    does; a folder of our own goes whole. It must be set before the first component is made (each reads it then).
+    """
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="vcast-gradio-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+if __name__ == "__main__":
+    own_upload_folder()
 HUB_OK = hub_reachable()
 GPU_GIB = gpu_memory_gib()
 _startup_qa, BANNER = load_startup_model(ARGS.model, hub_ok=HUB_OK, gpu_gib=GPU_GIB)
@@ -236,7 +280,35 @@ def answer_stream(
     yield from qa.stream(clip, question, config=config, compare=compare, max_new_tokens=max_new_tokens)
 
 
+@contextlib.contextmanager
+def closing(events: Iterator) -> Iterator[Iterator]:
+    """events, closed on the way out where it can be: closing answer_stream's generator stops its generation."""
+    try:
+        yield events
+    finally:
+        if hasattr(events, "close"):
+            events.close()
+
+
 # -- plain helpers: settings in, figures and records out ------------------------------------------------
+
+
+NOT_A_FILE = (
+    "Send the video as a file: upload it (with gradio_client, pass handle_file('clip.mp4')); a path or URL given "
+    "as text is not read."
+)
+
+
+class UploadedFile(FileData):
+    """The video input's payload. Anything but a file payload (a path as text, a number) is refused with NOT_A_FILE,
+    where Gradio's own message is a pydantic dump ("1 validation error for FileData ... 'meta' field must ...")."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def validate_model(cls, value: Any, info: ValidationInfo) -> Any:  # replaces FileData's check of the same name
+        if info.context and info.context.get("validate_meta") and not is_file_obj_with_meta(value):
+            raise TypeError(NOT_A_FILE)  # pydantic wraps a ValueError (gr.Error is one) in its dump, not a TypeError
+        return value
 
 
 @contextlib.contextmanager
@@ -247,8 +319,10 @@ def user_errors() -> Iterator[None]:
     except gr.Error:
         raise
     except (VideoError, ModelError, ValueError) as err:
-        raise gr.Error(str(err)) from err
-    except torch.OutOfMemoryError as err:
+        logger.info("refused: %s", err)  # the user's input, not a fault of the server: no traceback in the log
+        raise gr.Error(str(err), print_exception=False) from err
+    except torch.OutOfMemoryError as err:  # outside VideoQA.answer (which frees memory itself), e.g. a model swap
+        free_memory()
         raise gr.Error(
             "The GPU ran out of memory on this video: sample fewer frames, or pick a smaller model."
         ) from err
@@ -259,25 +333,67 @@ def user_errors() -> Iterator[None]:
         ) from err
 
 
+def _number(value: Any, setting: str) -> float:
+    """value as a finite float; ValueError naming the setting for anything else (text, NaN, a bool)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValueError(f"{setting} must be a number, got {value!r}.")
+    return number
+
+
 def check_inputs(
-    video: str | None, question: str, retain_percent: float, num_frames: int, temperature: float, allocation: str
+    video: str | None,
+    question: str | None,
+    retain_percent: float,
+    num_frames: int,
+    temperature: float,
+    allocation: str,
+    *,
+    model: str,
+    max_new_tokens: int,
 ) -> VCastConfig:
-    """The settings as a VCastConfig; ValueError with a user-facing message for anything unusable."""
+    """The settings as a VCastConfig; ValueError with a user-facing message for anything unusable.
+
+    The messages name each setting as the page labels it and as /analyze calls it: the endpoint takes any value,
+    so that this check, not a slider's bounds, says what went wrong.
+    """
     if not video:
         raise ValueError("Upload a video (or click one of the examples) first.")
-    if not question or not question.strip():
+    if not isinstance(question, str) or not question.strip():
         raise ValueError("Type a question about the video first.")
-    if not 2 <= int(num_frames) <= MAX_FRAMES or int(num_frames) % 2:
-        raise ValueError(f"The number of frames must be an even number from 2 to {MAX_FRAMES}, got {num_frames}.")
-    return VCastConfig(
-        retain_ratio=float(retain_percent) / 100.0, temperature=float(temperature), allocation=allocation
-    )
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(
+            f"The question is {len(question):,} characters long; shorten it to at most {MAX_QUESTION_CHARS:,}."
+        )
+    retain = _number(retain_percent, "Visual tokens kept (retain_percent)")
+    if not 0 < retain <= 100:
+        raise ValueError(
+            f"Visual tokens kept (retain_percent) must be above 0 and at most 100 percent, got {retain:g}."
+        )
+    frames = _number(num_frames, "Frames sampled (num_frames)")
+    if not 2 <= frames <= MAX_FRAMES or frames % 2:
+        raise ValueError(f"Frames sampled (num_frames) must be an even number from 2 to {MAX_FRAMES}, got {frames:g}.")
+    tokens = _number(max_new_tokens, "Max new tokens (max_new_tokens)")
+    if not 1 <= tokens <= MAX_NEW_TOKENS or tokens % 1:
+        raise ValueError(
+            f"Max new tokens (max_new_tokens) must be a whole number from 1 to {MAX_NEW_TOKENS}, got {tokens:g}."
+        )
+    if model not in MODEL_CHOICES:  # the API could otherwise make the server load any folder or hub id
+        raise ValueError(f"The model {model!r} is not offered here; choose one of: {', '.join(MODEL_CHOICES)}.")
+    temperature = _number(temperature, "Allocation temperature (temperature)")
+    return VCastConfig(retain_ratio=retain / 100.0, temperature=temperature, allocation=allocation)
 
 
 def decode(video: str, num_frames: int) -> VideoClip:
     """The sampled frames, within the app's limits; VideoError with a user-facing message."""
-    return read_video(video, num_frames=int(num_frames), max_frames=MAX_FRAMES, max_duration_s=MAX_DURATION_S,
+    clip = read_video(video, num_frames=int(num_frames), max_frames=MAX_FRAMES, max_duration_s=MAX_DURATION_S,
                       max_file_mb=MAX_UPLOAD_MB)  # fmt: skip
+    if clip.total_frames < 2:  # its "motion" would be one frame repeated: nothing for V-CAST to allocate over
+        raise VideoError("This video holds a single frame (a still picture); upload a clip with at least 2 frames.")
+    return clip
 
 
 def selection_record(result: QAResult) -> SelectionRecord:
@@ -417,13 +533,31 @@ def stage_markdown(step: int, steps: int, stage: str) -> str:
     return f"Step {step} of {steps} · **{stage}…**"
 
 
-def summary_markdown(result: QAResult, seconds: float) -> str:
+def summary_markdown(result: QAResult, seconds: float, notes: Iterable[str] = ()) -> str:
     m = result.pruned.metrics
     share = m.visual_tokens_kept / max(m.visual_tokens_in, 1)
-    return (
+    summary = (
         f"**Done** in {seconds:.1f} s on `{result.model_id}` · {result.clip.num_frames} frames · "
         f"V-CAST kept **{m.visual_tokens_kept:,} of {m.visual_tokens_in:,}** visual tokens ({share:.0%})."
     )
+    return " ".join([summary, *(f"⚠️ {note}" for note in notes)])
+
+
+def cut_short_notes(result: QAResult, max_new_tokens: int, limit_s: float) -> list[str]:
+    """A sentence for each answer that the time limit (limit_s per answer) stopped before it ended or reached
+    max_new_tokens."""
+    notes = []
+    for name, run in (("V-CAST", result.pruned), ("unpruned", result.full)):
+        if run is None:
+            continue
+        m = run.metrics
+        generation_s = (m.total_ms - m.vision_ms - m.selection_ms) / 1000.0
+        if m.new_tokens < max_new_tokens and generation_s >= limit_s:
+            notes.append(
+                f"The {name} answer was cut at the {limit_s:g} s time limit after {m.new_tokens} tokens; "
+                "ask for a shorter answer or use fewer frames."
+            )
+    return notes
 
 
 def _prune_outputs(folder: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
@@ -434,10 +568,18 @@ def _prune_outputs(folder: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
+@functools.cache
+def outputs_folder() -> Path:
+    """This process's folder (in the temp folder, where Gradio may serve from) for files the page offers;
+    removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="vcast-app-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def save_selection_file(record: SelectionRecord) -> str:
-    """Write the selection JSON where Gradio may serve it (the temp folder); older files are removed."""
-    outputs = Path(tempfile.gettempdir()) / "vcast-app"
-    outputs.mkdir(exist_ok=True)
+    """Write the selection JSON for download; files older than OUTPUT_MAX_AGE_S are removed on the way."""
+    outputs = outputs_folder()
     _prune_outputs(outputs)
     folder = Path(tempfile.mkdtemp(dir=outputs))
     return str(save_selection_json(record, folder / "vcast_selection.json"))
@@ -450,9 +592,45 @@ def finished(results: Iterable[QAResult]) -> QAResult:
     raise ModelError("The model stopped before it finished its answers; please run again.")
 
 
-def api_record(result: QAResult, record: SelectionRecord) -> dict[str, Any]:
-    """/analyze's answer: both answers with their metrics, the settings, and the whole selection."""
-    return {**result_record(result), "selection": selection_to_dict(record)}
+def api_record(result: QAResult, record: SelectionRecord, notes: list[str] | None = None) -> dict[str, Any]:
+    """/analyze's answer: both answers with their metrics, the settings, the whole selection, and notes (one
+    sentence each) on anything that limited the run, such as an answer cut at the time limit."""
+    return {**result_record(result), "selection": selection_to_dict(record), "notes": notes or []}
+
+
+class StopRequests:
+    """The Stop button's requests, one per browser session: `run` checks its session's between two tokens.
+
+    Gradio's own `cancels=` would end the run as a failure, and the failure handler would then hide the answers
+    that the user stopped in order to read.
+    """
+
+    def __init__(self):
+        self._events: dict[str | None, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def watching(self, session: str | None) -> Iterator[threading.Event]:
+        """The event a run of `session` watches while it lasts (None: a run outside a browser, never stopped)."""
+        event = threading.Event()
+        with self._lock:
+            self._events[session] = event
+        try:
+            yield event
+        finally:
+            with self._lock:
+                if self._events.get(session) is event:
+                    del self._events[session]
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            event = self._events.get(session)
+        if event is not None:
+            event.set()
+
+
+STOP_REQUESTS = StopRequests()
+STOPPED_MARKDOWN = "**Stopped.** The answers end where the generation stopped; press Run to start again."
 
 
 # -- handlers ----------------------------------------------------------------------------------------------
@@ -472,11 +650,13 @@ def analyze(
     """Answer a question about a video with V-CAST (and, if compare, unpruned). Returns the answers, the metrics
     of each run and the selection (budget, curvature and kept grid cells of every temporal group)."""
     with user_errors():
-        config = check_inputs(video, question, retain_percent, num_frames, temperature, allocation)
+        config = check_inputs(video, question, retain_percent, num_frames, temperature, allocation, model=model,
+                              max_new_tokens=max_new_tokens)  # fmt: skip
         clip = decode(video, num_frames)
-        events = answer_stream(model, clip, question, config, compare, int(max_new_tokens))
-        result = finished(payload for kind, payload in events if kind == "done")
-    return api_record(result, selection_record(result))
+        with closing(answer_stream(model, clip, question, config, compare, int(max_new_tokens))) as events:
+            result = finished(payload for kind, payload in events if kind == "done")
+        notes = cut_short_notes(result, int(max_new_tokens), MODELS.get(model).max_generation_s)
+        return api_record(result, selection_record(result), notes)
 
 
 def run(
@@ -490,11 +670,18 @@ def run(
     allocation: str,
     max_new_tokens: int,
     heatmap: bool,
+    request: gr.Request | None = None,
 ) -> Iterator[dict]:
-    """The Run button: say each stage as it starts, stream both answers, then draw figures, overlays and metrics."""
+    """The Run button: say each stage as it starts, stream both answers, then draw figures, overlays and metrics.
+
+    The Stop button of the same page (request's session) ends the generation at the next token; the answers so far
+    stay on the page.
+    """
     started = time.perf_counter()
-    with user_errors():
-        config = check_inputs(video, question, retain_percent, num_frames, temperature, allocation)
+    session = request.session_hash if request is not None else None
+    with user_errors(), STOP_REQUESTS.watching(session) as stop:
+        config = check_inputs(video, question, retain_percent, num_frames, temperature, allocation, model=model,
+                              max_new_tokens=max_new_tokens)  # fmt: skip
         steps = 5 if compare else 4  # decode, encode, V-CAST answer, (unpruned answer,) draw
         # Clear the last results now, so the browser redraws while the video decodes, not while the model runs.
         yield {
@@ -504,6 +691,7 @@ def run(
             status: stage_markdown(1, steps, "Decoding and sampling the frames"),
             **{c: None for c in (metrics_table, cost_plot, budget_plot, sheet, selection_file)},
             gallery: [],
+            stop_button: gr.Button(visible=True),
         }
         clip = decode(video, num_frames)
         texts = {"vcast": "", "full": ""}
@@ -511,31 +699,46 @@ def run(
         yield {status: stage_markdown(2, steps, f"{encoding} {clip.num_frames} frames and selecting tokens")}
         stages = {"vcast": (3, "Generating the V-CAST answer"), "full": (4, "Generating the unpruned answer")}
         shown_at, shown_kind, done = 0.0, None, []
-        for kind, payload in answer_stream(model, clip, question, config, compare, int(max_new_tokens)):
-            if kind == "done":
-                done.append(payload)
-                break
-            texts[kind] += payload
-            # A few updates a second read as streaming; one per token would take CPU (and the GIL) from the
-            # generation being timed.
-            if kind == shown_kind and time.perf_counter() - shown_at < STREAM_INTERVAL_S:
-                continue
-            shown_at, shown_kind = time.perf_counter(), kind
-            step, stage = stages[kind]
+        # Leaving this block closes the stream, which stops the generation: on Stop (checked at each token), and
+        # when Gradio closes this handler because the page was closed. The GPU then goes to the next request
+        # instead of finishing an answer nobody reads.
+        with closing(answer_stream(model, clip, question, config, compare, int(max_new_tokens))) as events:
+            for kind, payload in events:
+                if stop.is_set():  # leaving the loop closes the stream, which stops the generation
+                    break
+                if kind == "done":
+                    done.append(payload)
+                    break
+                texts[kind] += payload
+                # A few updates a second read as streaming; one per token would take CPU (and the GIL) from the
+                # generation being timed.
+                if kind == shown_kind and time.perf_counter() - shown_at < STREAM_INTERVAL_S:
+                    continue
+                shown_at, shown_kind = time.perf_counter(), kind
+                step, stage = stages[kind]
+                yield {
+                    vcast_answer: texts["vcast"],
+                    full_answer: texts["full"] if compare else COMPARE_OFF_TEXT,
+                    status: stage_markdown(step, steps, stage),
+                }
+
+        if stop.is_set():
             yield {
                 vcast_answer: texts["vcast"],
                 full_answer: texts["full"] if compare else COMPARE_OFF_TEXT,
-                status: stage_markdown(step, steps, stage),
+                status: STOPPED_MARKDOWN,
+                stop_button: gr.Button(visible=False),
             }
-
+            return
         result = finished(done)
+        notes = cut_short_notes(result, int(max_new_tokens), MODELS.get(model).max_generation_s)
         yield {status: stage_markdown(steps, steps, "Drawing the figures and overlays")}
         record = selection_record(result)
         view = OverlayView.from_result(result, record)
         yield {
             vcast_answer: result.pruned.text,
             full_answer: result.full.text if result.full is not None else COMPARE_OFF_TEXT,
-            status: summary_markdown(result, time.perf_counter() - started),
+            status: summary_markdown(result, time.perf_counter() - started, notes),
             metrics_table: metrics_markdown(result),
             cost_plot: cost_chart(result),
             budget_plot: allocation_plot(result, record, view),
@@ -544,12 +747,19 @@ def run(
             sheet: sheet_image(view, heatmap),
             selection_file: save_selection_file(record),
             overlay_state: view,
+            stop_button: gr.Button(visible=False),
         }
 
 
 def after_failure() -> dict:
     """A failed run leaves only its error message: no stage under way, no half-cleared results."""
-    return {status: "", results: gr.Column(visible=False)}
+    return {status: "", results: gr.Column(visible=False), stop_button: gr.Button(visible=False)}
+
+
+def stop_run(request: gr.Request) -> gr.Button:
+    """The Stop button: ask this page's run to stop (it says so when it has), and hide the button."""
+    STOP_REQUESTS.stop(request.session_hash)
+    return gr.Button(visible=False)
 
 
 def redraw_overlays(view: OverlayView | None, heatmap: bool, frame_index: int) -> dict:
@@ -611,7 +821,9 @@ CSS = """
 THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate")
 
 with gr.Blocks(
-    title="V-CAST: which video tokens does a video LLM need?", delete_cache=(3600, 3600), analytics_enabled=False
+    title="V-CAST: which video tokens does a video LLM need?",
+    delete_cache=(CACHE_SWEEP_S, OUTPUT_MAX_AGE_S),
+    analytics_enabled=False,
 ) as demo:
     gr.Markdown(
         "# V-CAST · which video tokens does a video LLM really need?\n"
@@ -620,10 +832,17 @@ with gr.Blocks(
     )
     gr.Markdown(BANNER or "", elem_id="banner", visible=BANNER is not None)
     # Made here, drawn in the right column: the examples beside the video fill it in.
-    question_in = gr.Textbox(label="Question", placeholder="What happens in this video?", lines=2, render=False)
+    question_in = gr.Textbox(
+        label="Question",
+        placeholder="What happens in this video?",
+        lines=2,
+        max_length=MAX_QUESTION_CHARS,
+        render=False,
+    )
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=300):
             video_in = gr.Video(label="Video", sources=["upload"], elem_id="video-in")
+            video_in.data_model = UploadedFile
             gr.Markdown(f"MP4, MOV, WebM or MKV · up to {MAX_UPLOAD_MB} MB and {MAX_DURATION_S / 60:.0f} minutes.")
             if EXAMPLES:
                 gr.Examples(
@@ -652,7 +871,9 @@ with gr.Blocks(
                 max_tokens_in = gr.Slider(
                     8, MAX_NEW_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=8, label="Max new tokens per answer"
                 )
-            run_button = gr.Button("Run", variant="primary")
+            with gr.Row():
+                run_button = gr.Button("Run", variant="primary", scale=3)
+                stop_button = gr.Button("Stop", variant="stop", visible=False, scale=1, min_width=80)
             status = gr.Markdown(elem_id="status")
 
     with gr.Column(visible=False) as results:
@@ -690,44 +911,82 @@ with gr.Blocks(
     overlay_state = gr.State(None, time_to_live=OUTPUT_MAX_AGE_S)  # up to ~45 MB of frames per session
 
     overlay_outputs = [gallery, frame_slider, sheet, selection_file, overlay_state]
+    answer_outputs = [results, vcast_answer, full_answer, status, metrics_table, cost_plot, budget_plot]
     settings = [retain_in, frames_in, model_in, compare_in, temperature_in, allocation_in, max_tokens_in]
     run_event = gr.on(
         [run_button.click, question_in.submit],
         run,
         inputs=[video_in, question_in, *settings, heatmap_in],
-        outputs=[results, vcast_answer, full_answer, status, metrics_table, cost_plot, budget_plot, *overlay_outputs],
+        outputs=[*answer_outputs, *overlay_outputs, stop_button],
         show_progress="minimal",
         show_progress_on=[status],
         concurrency_id="gpu",
         concurrency_limit=GPU_CONCURRENCY,
         api_visibility="private",
     )
-    run_event.failure(after_failure, None, [status, results], api_visibility="private", show_progress="hidden")
+    run_event.failure(
+        after_failure, None, [status, results, stop_button], api_visibility="private", show_progress="hidden"
+    )
+    # Unqueued, so that Stop acts at once even when the queue is full.
+    stop_button.click(stop_run, None, stop_button, queue=False, api_visibility="private", show_progress="hidden")
     heatmap_in.change(
         redraw_overlays, [overlay_state, heatmap_in, frame_slider], [gallery, sheet], api_visibility="private"
     )
-    frame_slider.change(show_frame, frame_slider, gallery, api_visibility="private", show_progress="hidden")
-    gallery.select(frame_of_selection, None, frame_slider, api_visibility="private", show_progress="hidden")
+    # Instant and GPU-free: outside the queue, so that browsing results works while the queue is full.
+    frame_slider.change(
+        show_frame, frame_slider, gallery, api_visibility="private", show_progress="hidden", queue=False
+    )
+    gallery.select(
+        frame_of_selection, None, frame_slider, api_visibility="private", show_progress="hidden", queue=False
+    )
 
-    # /analyze: the scripting endpoint. Its button never shows; gradio_client calls it by name.
+    # /analyze: the scripting endpoint. Its button never shows; gradio_client calls it by name. Its settings come
+    # through plain fields that take any value, so that check_inputs (not a slider's bounds) refuses one out of
+    # range, with a message naming the setting: a slider would only say "Value 0 is less than minimum value 5".
+    api_settings = [
+        gr.Number(25.0, visible=False),  # retain_percent
+        gr.Number(DEFAULT_FRAMES, visible=False),  # num_frames
+        gr.Textbox(MODEL_ID, visible=False),  # model
+        gr.Checkbox(True, visible=False),  # compare
+        gr.Number(0.7, visible=False),  # temperature
+        gr.Textbox("curvature", visible=False),  # allocation
+        gr.Number(DEFAULT_MAX_NEW_TOKENS, visible=False),  # max_new_tokens
+    ]
     api_result = gr.JSON(visible=False)
     gr.Button(visible=False).click(
         analyze,
-        inputs=[video_in, question_in, *settings],
+        inputs=[video_in, question_in, *api_settings],
         outputs=api_result,
         api_name="analyze",
         concurrency_id="gpu",
         concurrency_limit=GPU_CONCURRENCY,
     )
 
-demo.queue(max_size=32, default_concurrency_limit=4)
+# Beyond max_size waiting requests, Gradio refuses new ones at once: the page says "This application is currently
+# busy. Please try again.", gradio_client raises QueueError("Queue is full! Please try again.").
+demo.queue(max_size=ARGS.max_queue, default_concurrency_limit=4)
 
 
 def launch_options() -> dict[str, Any]:
-    """What launch() needs besides the address: theme, CSS and the upload limit."""
-    return {"theme": THEME, "css": CSS, "max_file_size": f"{MAX_UPLOAD_MB}mb", "footer_links": ["api", "gradio"]}
+    """What launch() needs besides the address: theme, CSS, the upload limit, and errors shown to the user.
+
+    show_error: requests that Gradio refuses before a handler runs (a file path that was not uploaded, a URL to a
+    private address, a malformed value) then say why instead of "the upstream Gradio app has raised an exception".
+    The handlers' own errors are gr.Error already.
+    """
+    return {
+        "theme": THEME,
+        "css": CSS,
+        "max_file_size": f"{MAX_UPLOAD_MB}mb",
+        "footer_links": ["api", "gradio"],
+        "show_error": True,
+    }
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Containers stop the app with SIGTERM: shut down as on Ctrl+C, and launch() returns.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_options())
+    # Where the upload folder is not our own (GRADIO_TEMP_DIR set), delete what Gradio did not (see own_upload_folder).
+    delete_files_created_by_app(demo, age=None)
