@@ -17,6 +17,7 @@ for).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -133,13 +134,11 @@ def versions() -> dict[str, str]:
 
 def machine() -> str:
     model = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # no /proc/cpuinfo (not Linux): keep platform's name
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     cores = len(os.sched_getaffinity(0))
     # Other processes share the cores: the load says how quiet the machine was.
     load = os.getloadavg()[0]
