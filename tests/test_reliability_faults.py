@@ -18,28 +18,12 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, PageEvent, fn_index, import_app, served, upload
+from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, PageEvent, fn_index, upload
 from vcast import pipeline
 from vcast.models import qwen3_vl
 
 WAIT_S = 20  # the longest any wait here may take
 SLOW_TOKEN_S = 0.01  # the slowed generation: 512 tokens take more than 5 s
-
-
-@pytest.fixture(scope="module")
-def app():
-    return import_app()
-
-
-@pytest.fixture(scope="module")
-def url(app):
-    with served(app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")

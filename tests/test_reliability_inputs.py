@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from tests import _media as media
-from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, call_api, file_data, import_app, served
+from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, call_api, file_data
 from vcast import VCastConfig
 from vcast.video import VideoError, read_video
 
@@ -153,22 +153,6 @@ NUM_FRAMES = {"corrupted bytes mid-file": 20}
 APP_LIMITS_ONLY = {"beyond the duration limit"}
 WORKING = [kind for kind, (_, app_pattern, _) in VIDEOS.items() if app_pattern is None]
 REFUSED = [kind for kind in VIDEOS if kind not in WORKING]
-
-
-@pytest.fixture(scope="module")
-def app():
-    return import_app()
-
-
-@pytest.fixture(scope="module")
-def url(app):
-    with served(app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")

@@ -27,24 +27,12 @@ from tests._app_server import (
     call_api,
     file_data,
     fn_index,
-    import_app,
     served,
     upload,
 )
 
 SECRET = "the contents of a private file"
 NO_FILE = "Send the video as a file: upload it (with gradio_client, pass handle_file('clip.mp4')); a path or URL given as text is not read."  # noqa: E501
-
-
-@pytest.fixture(scope="module")
-def app():
-    return import_app()
-
-
-@pytest.fixture(scope="module")
-def url(app):
-    with served(app) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
