@@ -26,6 +26,7 @@ from .config import ALLOCATIONS, VCastConfig
 from .core import Selection, allocate_budgets, allocation_weights, select_tokens, total_budget
 from .models import qwen3_vl
 from .models.vision_attention import use_batched_vision_attention
+from .models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
 from .video import VideoClip, clip_to_processor_inputs, read_video
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-8B-Instruct"
@@ -229,8 +230,9 @@ class VideoQA:
     ):
         """Wrap a loaded Qwen3-VL `model` and its `processor`.
 
-        batched_vision_attention: one attention call per vision layer for all frame pairs (same
-        result, far fewer launches; only when the vision tower uses SDPA).
+        batched_vision_attention: one attention call per vision layer for all frame pairs, the
+        patch embedding as a matrix product, and the rotary embedding without layout copies
+        (`vcast.models.vision_fast`): the same features, faster; only when the vision tower uses SDPA.
         vision_chunk_patches: patches the vision tower encodes at once (activation memory vs speed).
         compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
         the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
@@ -240,6 +242,8 @@ class VideoQA:
         qwen3_vl.check_supported(model)
         if batched_vision_attention and model.config.vision_config._attn_implementation == "sdpa":
             use_batched_vision_attention(model)
+            use_fused_vision_attention(model)
+            use_linear_patch_embed(model)
         if compile_vision:
             mode = compile_vision if isinstance(compile_vision, str) else None
             model.model.visual.compile(dynamic=True, mode=mode)

@@ -10,6 +10,7 @@ attention implementation works and other models in the process are untouched.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +22,10 @@ from transformers.vision_utils import (
 )
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
-# Patches per vision chunk: large enough for efficient matrix products, small enough that the
-# vision tower's activations stay a few hundred MB at 8B scale.
-DEFAULT_VISION_CHUNK_PATCHES = 4096
+# Patches per vision chunk: large enough for efficient matrix products and few launches per
+# patch, small enough that the vision tower's activations stay about 300 MB at 8B scale (below
+# the LLM prefill's own peak with V-CAST; docs/BENCHMARKS.md).
+DEFAULT_VISION_CHUNK_PATCHES = 8192
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ def encode_video(
     moves to the model's device when its turn comes); video_grid_thw: (1, 3) patch grid (T, H, W).
     Qwen3-VL's vision attention never crosses temporal groups, and its position embeddings depend
     on (h, w) only, so encoding in chunks gives the same features while activation memory stays
-    that of one chunk. chunk_groups=None fits as many groups as `chunk_patches` patches allow.
+    that of one chunk. chunk_groups=None fits as many groups as `chunk_patches` patches allow;
+    either way the groups are spread over the fewest chunks as evenly as possible (`chunk_bounds`).
     """
     T, H, W = (int(v) for v in video_grid_thw[0].tolist())
     merge = model.config.vision_config.spatial_merge_size
@@ -122,11 +125,16 @@ def encode_video(
     device = model.model.visual.device
     geometry: dict[int, dict] = {}
     embeds, deepstack = None, ()
-    for start in range(0, T, step):
-        stop = min(start + step, T)
+    bounds = list(itertools.pairwise(chunk_bounds(T, step)))
+    dtype = model.model.visual.patch_embed.proj.weight.dtype
+    loader = _ChunkLoader(pixel_values_videos, H * W, device, dtype)
+    loader.fetch(*bounds[0])
+    for i, (start, stop) in enumerate(bounds):
         if stop - start not in geometry:
             geometry[stop - start] = _chunk_geometry(model, stop - start, H, W, device)
-        chunk = pixel_values_videos[start * H * W : stop * H * W].to(device, non_blocking=True)
+        chunk = loader.take()
+        if i + 1 < len(bounds):  # the next chunk's copy overlaps this chunk's compute
+            loader.fetch(*bounds[i + 1])
         grid = torch.tensor([[stop - start, H, W]])  # on the host: shapes only, no device sync
         out = model.model.get_video_features(chunk, grid, return_dict=True, **geometry[stop - start])
         merged, layers = out.pooler_output[0], [layer[0] for layer in out.deepstack_features]
@@ -139,6 +147,49 @@ def encode_video(
             buffer[rows] = layer
         del out, merged, layers
     return VisionFeatures(embeds=embeds, deepstack=deepstack, grid=(T, H // merge, W // merge))
+
+
+class _ChunkLoader:
+    """Moves chunks of patches to the device (and the vision tower's dtype) one chunk ahead.
+
+    On CUDA, with patches on the host, each copy and cast runs on a side stream while the
+    previous chunk computes; elsewhere it is a plain `.to()`.
+    """
+
+    def __init__(self, patches: torch.Tensor, per_group: int, device: torch.device, dtype: torch.dtype):
+        self.patches, self.per_group, self.device, self.dtype = patches, per_group, device, dtype
+        side = device.type == "cuda" and patches.device.type == "cpu"
+        self.stream = torch.cuda.Stream(device) if side else None
+        self.pending = None
+
+    def fetch(self, start: int, stop: int) -> None:
+        rows = self.patches[start * self.per_group : stop * self.per_group]
+        if self.stream is None:
+            self.pending = rows.to(self.device, non_blocking=True).to(self.dtype)
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            self.pending = rows.to(self.device, non_blocking=True).to(self.dtype)
+
+    def take(self) -> torch.Tensor:
+        chunk, self.pending = self.pending, None
+        if self.stream is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(self.stream)
+            chunk.record_stream(main)  # made on the side stream, used and freed on the main one
+        return chunk
+
+
+def chunk_bounds(groups: int, most: int) -> list[int]:
+    """Boundaries of the fewest chunks of at most `most` groups each, as equal as they can be.
+
+    16 groups at most 5 per chunk: [0, 4, 8, 12, 16] (4 x 4, not 5 + 5 + 5 + 1): no small, slow
+    remainder chunk, and at most two chunk shapes (each shape is one compilation or CUDA graph).
+    """
+    count = -(-groups // most)
+    base, extra = divmod(groups, count)
+    sizes = [base + 1] * extra + [base] * (count - extra)
+    return [0, *itertools.accumulate(sizes)]
 
 
 def _chunk_geometry(model, groups: int, H: int, W: int, device: torch.device) -> dict:

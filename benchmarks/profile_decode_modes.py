@@ -1,0 +1,109 @@
+"""Decode modes on a random-weight Qwen3-VL: tokens/s and memory of prefill and decode, per method.
+
+    python benchmarks/profile_decode_modes.py [--size 8B] [--videos 32x448x448,128x352x640]
+                                              [--modes dynamic,static,compiled-layers] [--profile]
+
+Each pass: the vision tower, selection (V-CAST R=0.25) or none (unpruned), then `generate` of
+`--new-tokens` greedy tokens in the named mode. Reports the decode rate after the first token and
+the peak memory above the weights during prefill (to the first token) and during decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from vcast.bench import synthetic_clip
+from vcast.config import VCastConfig
+from vcast.core import select_tokens
+from vcast.models import qwen3_vl
+from vcast.pipeline import VideoQA
+
+
+class _Clock:
+    def __init__(self):
+        self.calls, self.first, self.prefill_peak = 0, None, None
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2:
+            torch.cuda.synchronize()
+            self.first = time.perf_counter()
+            self.prefill_peak = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def end(self):
+        """Nothing to flush."""
+
+
+def one_pass(qa, inputs, ratio, mode, new_tokens):
+    model = qa.model
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    held = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        features = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        positions = qwen3_vl.rope_positions(model, inputs)
+        keep = None if ratio is None else select_tokens(features.grouped(), VCastConfig(retain_ratio=ratio)).keep
+        pinputs = qwen3_vl.pass_inputs(model, inputs, features, positions, keep)
+        del features
+        kwargs = {"cache_implementation": "static"} if mode == "static" else {}
+        clock = _Clock()
+        with qwen3_vl.generation_attention(torch.device("cuda")):
+            model.generate(**pinputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, streamer=clock, **kwargs)  # fmt: skip
+        torch.cuda.synchronize()
+        end = time.perf_counter()
+    return {"tok_s": (new_tokens - 1) / (end - clock.first),
+            "prefill_peak_mb": (clock.prefill_peak - held) / 2**20,
+            "decode_peak_mb": (torch.cuda.max_memory_allocated() - held) / 2**20,
+            "seq": int(pinputs.input_ids.shape[1])}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--size", default="8B")
+    parser.add_argument("--videos", default="32x448x448,128x352x640")
+    parser.add_argument("--modes", default="dynamic,static,compiled-layers")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    qa = VideoQA.random_weights(args.size, max_pixels_per_frame=1024 * 32 * 32)
+    for mode in args.modes.split(","):
+        if mode == "compiled-layers":  # each decoder layer compiled on its own (its layer_idx is a constant)
+            torch._dynamo.config.recompile_limit = 4 * len(qa.model.model.language_model.layers)
+            for layer in qa.model.model.language_model.layers:
+                layer.compile(dynamic=True)
+        for spec in args.videos.split(","):
+            frames, height, width = (int(v) for v in spec.split("x"))
+            inputs = qa._processor_inputs(synthetic_clip(frames, height, width), "Describe the video.")
+            for ratio in (None, 0.25):
+                try:
+                    one_pass(qa, inputs, ratio, mode, args.new_tokens)
+                    res = [one_pass(qa, inputs, ratio, mode, args.new_tokens) for _ in range(args.runs)]
+                except Exception as err:  # report and go on with the next mode
+                    print(json.dumps({"mode": mode, "video": spec, "ratio": ratio, "error": repr(err)[:400]}))
+                    continue
+                row = {"mode": mode, "video": spec, "ratio": ratio, "seq": res[0]["seq"],
+                       "tok_s": statistics.median(r["tok_s"] for r in res),
+                       "tok_s_all": [round(r["tok_s"], 1) for r in res],
+                       "prefill_peak_mb": max(r["prefill_peak_mb"] for r in res),
+                       "decode_peak_mb": max(r["decode_peak_mb"] for r in res)}  # fmt: skip
+                print(json.dumps(row), flush=True)
+    if args.profile:
+        for layer in qa.model.model.language_model.layers:
+            layer._compiled_call_impl = None
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            one_pass(qa, inputs, None, "dynamic", 16)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Vision tower variants on a random-weight Qwen3-VL: chunk size, torch.compile mode, CUDA graphs.
+
+    python benchmarks/profile_vision.py [--size 8B] [--videos 32x448x448,128x352x640] [--runs 5]
+                                        [--variants eager,compile-dynamic,compile-static,...] [--profile]
+
+For each video and variant: median vision ms (CUDA events) over `--runs` after a warm-up that also
+compiles, and the peak memory above what was held before (allocated, and reserved by the caching
+allocator, which includes CUDA-graph pools). The same `encode_video` as the pipeline; features are
+compared with the eager result, so a variant that changes the numbers shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from vcast.bench import synthetic_clip
+from vcast.models import qwen3_vl
+from vcast.models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
+from vcast.pipeline import VideoQA
+
+# name -> (torch.compile kwargs or None for eager, patches per chunk, vcast.models.vision_fast paths on,
+#          SDPA backend or None for PyTorch's choice)
+VARIANTS = {
+    "eager": (None, 4096, False, None),
+    "compile-dynamic": ({"dynamic": True}, 4096, False, None),
+    "compile-static": ({"dynamic": False}, 4096, False, None),
+    "compile-static-8192": ({"dynamic": False}, 8192, False, None),
+    "cudagraphs-static": ({"dynamic": False, "mode": "reduce-overhead"}, 4096, False, None),
+    "fast-eager": (None, 4096, True, None),
+    "fast-compile-dynamic": ({"dynamic": True}, 4096, True, None),
+    "fast-compile-static": ({"dynamic": False}, 4096, True, None),
+    "fast-cudagraphs-static": ({"dynamic": False, "mode": "reduce-overhead"}, 4096, True, None),
+    "fast-compile-dynamic-flash": ({"dynamic": True}, 4096, True, "flash"),
+    "fast-compile-dynamic-8192": ({"dynamic": True}, 8192, True, None),
+}
+
+
+def _backend(name: str | None):
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[name])  # fmt: skip
+
+
+def time_variant(qa: VideoQA, inputs, chunk: int, runs: int) -> dict:
+    pixels, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    with torch.inference_mode():
+        first = qwen3_vl.encode_video(qa.model, pixels, grid, chunk_patches=chunk)  # warm-up / compile
+        reference = first.embeds.clone()
+        del first
+        torch.cuda.synchronize()
+        times, peaks, reserved = [], [], []
+        for _ in range(runs):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            held, held_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = qwen3_vl.encode_video(qa.model, pixels, grid, chunk_patches=chunk)
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+            peaks.append((torch.cuda.max_memory_allocated() - held) / 2**20)
+            reserved.append((torch.cuda.max_memory_reserved() - held_reserved) / 2**20)
+            same = torch.equal(out.embeds, reference)
+            del out
+    return {"vision_ms": statistics.median(times), "min_ms": min(times), "peak_above_held_mb": max(peaks),
+            "reserved_growth_mb": max(reserved), "repeatable": same}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--size", default="8B")
+    parser.add_argument("--videos", default="32x448x448,128x352x640")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of the last variant")
+    parser.add_argument("--out", default="results/profile_vision.json")
+    args = parser.parse_args(argv)
+    import transformers
+
+    qa = VideoQA.random_weights(args.size, max_pixels_per_frame=1024 * 32 * 32)
+    visual = qa.model.model.visual
+    eager_features = {}
+    rows = []
+    fast = False
+    for name in args.variants.split(","):
+        compile_kwargs, chunk, want_fast, backend = VARIANTS[name]
+        if want_fast and not fast:
+            use_linear_patch_embed(qa.model)
+            use_fused_vision_attention(qa.model)
+            fast = True
+        elif fast and not want_fast:
+            raise SystemExit(f"{name}: list the variants without the fast paths first")
+        visual._compiled_call_impl = None
+        torch._dynamo.reset()
+        if compile_kwargs is not None:
+            visual.compile(**compile_kwargs)
+        for spec in args.videos.split(","):
+            frames, height, width = (int(v) for v in spec.split("x"))
+            inputs = qa._processor_inputs(synthetic_clip(frames, height, width), "Describe the video.")
+            with _backend(backend):
+                row = {"variant": name, "video": spec, "chunk_patches": chunk,
+                       **time_variant(qa, inputs, chunk, args.runs)}  # fmt: skip
+            with torch.inference_mode(), _backend(backend):
+                features = qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                                 chunk_patches=chunk).embeds.float()  # fmt: skip
+            if spec not in eager_features:
+                eager_features[spec] = features
+            row["max_abs_diff_vs_first_variant"] = float((features - eager_features[spec]).abs().max())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.inference_mode(), torch.profiler.profile(activities=activities) as prof:
+            qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                  chunk_patches=chunk)  # fmt: skip
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "size": args.size,
+            "command": "python benchmarks/profile_vision.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
