@@ -114,9 +114,10 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generat
     held = torch.cuda.memory_allocated()
     with torch.inference_mode():
         clock = _Events()
+        prompt = qwen3_vl.prompt_on_host(inputs)
         features = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
                                          chunk_patches=qa.vision_chunk_patches)  # fmt: skip
-        positions = qwen3_vl.rope_positions(model, inputs)
+        positions = qwen3_vl.rope_positions(model, prompt, device=model.device)
         clock.mark("vision")
         keep = None
         if ratio is not None:

@@ -401,13 +401,14 @@ class VideoQA:
         self._check(cancel)
         self._reset_peak()
         with torch.inference_mode(), _Timer(self.device) as vision:
+            prompt = qwen3_vl.prompt_on_host(inputs)
             features = qwen3_vl.encode_video(
                 self.model,
                 inputs["pixel_values_videos"],
                 inputs["video_grid_thw"],
                 chunk_patches=self.vision_chunk_patches,
             )
-            positions = qwen3_vl.rope_positions(self.model, inputs)
+            positions = qwen3_vl.rope_positions(self.model, prompt, device=self.device)  # overlaps the GPU work
         vision_peak = self._peak_memory()
 
         stage[0] = "selecting tokens"

@@ -214,14 +214,34 @@ def _chunk_geometry(model, groups: int, H: int, W: int, device: torch.device) ->
     }
 
 
-def rope_positions(model, inputs) -> torch.Tensor:
-    """(3, 1, L) unpruned (t, h, w) rotary positions of the prompt, from the model's own rule."""
+PROMPT_KEYS = ("input_ids", "mm_token_type_ids", "video_grid_thw", "attention_mask")
+
+
+def prompt_on_host(inputs) -> dict:
+    """Host copies of the prompt tensors `rope_positions` reads (a few KB). Take them before the
+    vision tower starts: copying from the GPU later would wait for the whole vision pass."""
+    return {key: inputs[key].cpu() for key in PROMPT_KEYS if inputs.get(key) is not None}
+
+
+def rope_positions(model, inputs, device: torch.device | str | None = None) -> torch.Tensor:
+    """(3, 1, L) unpruned (t, h, w) rotary positions of the prompt, from the model's own rule.
+
+    Computed where `inputs` live. transformers' rule runs a few small tensor operations per
+    frame pair, each a kernel launch and some a device sync when the ids are on a GPU; on host
+    copies (`prompt_on_host`) it costs a fraction of that and overlaps the vision tower's GPU work.
+    `device`: where the result goes (a non-blocking copy from pinned memory on CUDA).
+    """
     positions, _ = model.model.get_rope_index(
         inputs["input_ids"],
         mm_token_type_ids=inputs["mm_token_type_ids"],
         video_grid_thw=inputs["video_grid_thw"],
         attention_mask=inputs.get("attention_mask"),
     )
+    device = torch.device(device) if device is not None else positions.device
+    if device != positions.device:
+        if device.type == "cuda" and positions.device.type == "cpu":
+            positions = positions.pin_memory()
+        positions = positions.to(device, non_blocking=True)
     return positions
 
 
