@@ -242,3 +242,38 @@ def test_batched_vision_attention_handles_groups_of_different_sizes():
          for a, b in ((0, 4), (4, 10))], dim=2,
     ).transpose(1, 2)  # fmt: skip
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 5, 16, 17, 64])
+@pytest.mark.parametrize("most", [1, 3, 4, 5, 99])
+def test_chunk_bounds_are_the_fewest_even_chunks(groups, most):
+    bounds = qwen3_vl.chunk_bounds(groups, most)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == groups
+    assert len(sizes) == -(-groups // most)  # the fewest chunks of at most `most` groups
+    assert sizes.max() <= most and sizes.max() - sizes.min() <= 1
+    assert list(sizes) == sorted(sizes, reverse=True)  # the longer chunks first
+
+
+def test_rope_positions_from_host_copies_equal_the_models_own(processor):
+    model = tiny_model()
+    inputs = _inputs(processor)
+    prompt = qwen3_vl.prompt_on_host(inputs)
+    assert set(prompt) == {"input_ids", "mm_token_type_ids", "video_grid_thw", "attention_mask"}
+    assert all(t.device.type == "cpu" for t in prompt.values())
+    expected, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                             video_grid_thw=inputs["video_grid_thw"],
+                                             attention_mask=inputs["attention_mask"])  # fmt: skip
+    torch.testing.assert_close(qwen3_vl.rope_positions(model, prompt, device="cpu"), expected, atol=0, rtol=0)
+    assert qwen3_vl.rope_positions(model, prompt).shape == (3, 1, inputs["input_ids"].shape[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream chunk copies need a CUDA GPU")
+def test_chunk_copies_on_a_side_stream_give_the_features_of_one_pass(processor):
+    model = tiny_model().cuda()
+    inputs = _inputs(processor)
+    pixels = inputs["pixel_values_videos"].pin_memory()
+    with torch.inference_mode():
+        whole = qwen3_vl.encode_video(model, pixels.cuda(), inputs["video_grid_thw"], chunk_groups=99)
+        chunked = qwen3_vl.encode_video(model, pixels, inputs["video_grid_thw"], chunk_groups=2)
+    torch.testing.assert_close(chunked.embeds, whole.embeds, atol=1e-5, rtol=0)
