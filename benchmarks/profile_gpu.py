@@ -1,6 +1,6 @@
-"""Where a decode step's time goes: torch profiler over generation with a random-weight Qwen3-VL.
+"""Where the time goes: torch profiler over the vision tower or over generation, random-weight Qwen3-VL.
 
-python benchmarks/profile_decode.py [--size 8B] [--tokens 16]
+python benchmarks/profile_gpu.py [--size 8B] [--what vision|decode] [--frames 128] [--tokens 16]
 """
 
 from __future__ import annotations
