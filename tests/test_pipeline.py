@@ -116,6 +116,21 @@ def test_a_checkpoint_of_another_family_names_the_supported_ones(tmp_path):
         VideoQA.from_pretrained(str(tmp_path))
 
 
+def test_a_local_qwen3_vl_folder_loads_through_the_real_path_with_videoqa_options(tmp_path, clip_path):
+    from vcast.models.tiny import tiny_model, tiny_processor
+
+    saved = tiny_model()
+    saved.save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    qa = VideoQA.from_pretrained(str(tmp_path), dtype=torch.float32, max_generation_s=7.0, vision_chunk_patches=1024)
+    assert (qa.model_id, qa.max_generation_s, qa.vision_chunk_patches) == (str(tmp_path), 7.0, 1024)
+    loaded = qa.model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.state_dict().items())
+    result = qa.answer(clip_path, "What happens?", max_new_tokens=3)
+    assert len(result.pruned.token_ids) == len(result.full.token_ids) == 3
+    assert result.pruned.metrics.visual_tokens_kept < result.full.metrics.visual_tokens_kept
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vcast", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)  # fmt: skip

@@ -266,14 +266,18 @@ class VideoQA:
         dtype: str | torch.dtype = "auto",
         attn_implementation: str | None = None,
         max_pixels_per_video: int = 16384 * 32 * 32,
+        compile_vision: bool | str = False,
+        vision_chunk_patches: int = qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES,
+        max_generation_s: float = DEFAULT_MAX_GENERATION_S,
         **loading_options,
     ) -> VideoQA:
         """Load a Qwen3-VL checkpoint from the Hugging Face hub or a local folder.
 
         `max_pixels_per_video` is the processor's total pixel budget over the clip (each 32 x 32
         pixels of a frame pair becomes one visual token); per-frame pixels are capped as in the
-        reference qwen-vl-utils. Raises ModelError with what to do when the checkpoint is
-        unreachable, unknown, or not Qwen3-VL.
+        reference qwen-vl-utils. `compile_vision`, `vision_chunk_patches` and `max_generation_s`
+        are VideoQA's (see `__init__`); other keywords go to transformers' `from_pretrained`.
+        Raises ModelError with what to do when the checkpoint is unreachable, unknown, or not Qwen3-VL.
         """
         if model_id == TINY_MODEL_ID:
             return cls.tiny()
@@ -306,7 +310,9 @@ class VideoQA:
         except OSError as err:
             raise ModelError(f"Could not load the weights of {model_id!r}: {err}") from err
         budget = {"size": {"shortest_edge": 128 * 32 * 32, "longest_edge": max_pixels_per_video}}
-        return cls(model, processor, model_id=model_id, processor_kwargs={**budget, "cap_pixels_per_frame": True})
+        return cls(model, processor, model_id=model_id, processor_kwargs={**budget, "cap_pixels_per_frame": True},
+                   compile_vision=compile_vision, vision_chunk_patches=vision_chunk_patches,
+                   max_generation_s=max_generation_s)  # fmt: skip
 
     @classmethod
     def tiny(cls, seed: int = 0, *, moe: bool = False, attn_implementation: str = "sdpa") -> VideoQA:
