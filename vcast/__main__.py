@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--no-compare", action="store_true", help="skip the unpruned pass")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--compile-vision", action="store_true",
+        help="torch.compile the vision tower (faster on a GPU; the first video pays a compilation)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         config = VCastConfig(retain_ratio=args.retain, temperature=args.temperature, allocation=args.allocation)
         if args.frames is not None and args.frames < 2:
             raise ValueError(f"--frames must be at least 2, got {args.frames}")
-        qa = VideoQA.from_pretrained(args.model)
+        qa = VideoQA.from_pretrained(args.model, compile_vision=args.compile_vision)
         if qa.is_tiny and not args.json:
             print("note: the tiny offline model has random weights; its answers are noise.", file=sys.stderr)
 
