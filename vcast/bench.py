@@ -5,12 +5,14 @@
 
 For each model size and synthetic video (frames x height x width), each method (unpruned, V-CAST at
 each retain ratio) is measured the way a user meets it: vision tower, selection, LLM prefill, then
-generation of `--new-tokens` tokens. Times are medians of `--runs` runs after a warm-up, taken with
-CUDA events. "prefill" = vision + selection + LLM prefill (one forward over the prompt); "TTFT" =
+generation of `--new-tokens` tokens. Times are medians of `--runs` rounds, taken with CUDA events,
+after a warm-up pass of each method; each round runs every method once, interleaved, so drift of the
+machine falls on all methods alike. "prefill" = vision + selection + LLM prefill (one forward over the prompt); "TTFT" =
 vision + selection + time to the first generated token through `generate`; decode tokens/s is
 measured after the first token. "peak above weights" is torch.cuda.max_memory_allocated during the
 whole pass (vision to the last token) minus the memory held before it (weights). Each pass holds
 only what it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
+`--sizes tiny` runs the tiny offline model on the CPU: a smoke test of this script (CI runs it).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Row:
     prefill_ms: float
     ttft_ms: float
     decode_tokens_per_s: float
-    peak_above_weights_mb: float
+    peak_above_weights_mb: float | None  # None on the CPU
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -73,33 +75,44 @@ def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
                      source_size=(height, width))  # fmt: skip
 
 
-class _Events:
-    """CUDA-event stopwatch: mark(name) after each stage, read milliseconds after synchronising."""
+class _Stopwatch:
+    """Stage stopwatch: mark(name) after each stage, then ms() gives each stage's milliseconds.
 
-    def __init__(self):
-        self.marks = [("start", torch.cuda.Event(enable_timing=True))]
-        self.marks[0][1].record()
+    CUDA events on a GPU (no host sync between stages); on the CPU, where every operation is
+    synchronous, the host clock.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+        self.mark("start")
 
     def mark(self, name: str) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self.marks.append((name, event))
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
 
     def ms(self) -> dict[str, float]:
-        self.marks[-1][1].synchronize()
-        return {name: prev.elapsed_time(cur) for (_, prev), (name, cur) in itertools.pairwise(self.marks)}
+        if self.cuda:
+            self.marks[-1][1].synchronize()
+            return {name: prev.elapsed_time(cur) for (_, prev), (name, cur) in itertools.pairwise(self.marks)}
+        return {name: (cur - prev) * 1000.0 for (_, prev), (name, cur) in itertools.pairwise(self.marks)}
 
 
 class _FirstTokenClock:
     """A generate() streamer that notes when the first new token exists."""
 
-    def __init__(self):
-        self.calls, self.first = 0, None
+    def __init__(self, device: torch.device):
+        self.calls, self.first, self.cuda = 0, None, device.type == "cuda"
 
     def put(self, value: torch.Tensor) -> None:
         self.calls += 1
         if self.calls == 2:  # the first call hands over the prompt
-            torch.cuda.synchronize()
+            if self.cuda:
+                torch.cuda.synchronize()
             self.first = time.perf_counter()
 
     def end(self) -> None:
@@ -108,16 +121,18 @@ class _FirstTokenClock:
 
 def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generate_kwargs: dict) -> dict:
     """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory."""
-    model = qa.model
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    held = torch.cuda.memory_allocated()
+    model, device = qa.model, qa.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
     with torch.inference_mode():
-        clock = _Events()
+        clock = _Stopwatch(device)
         prompt = qwen3_vl.prompt_on_host(inputs)
         features = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
                                          chunk_patches=qa.vision_chunk_patches)  # fmt: skip
-        positions = qwen3_vl.rope_positions(model, prompt, device=model.device)
+        positions = qwen3_vl.rope_positions(model, prompt, device=device)
         clock.mark("vision")
         keep = None
         if ratio is not None:
@@ -131,50 +146,66 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generat
         del out
         times = clock.ms()
 
-        clock = _FirstTokenClock()
-        torch.cuda.synchronize()
+        first_token = _FirstTokenClock(device)
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        with qwen3_vl.generation_attention(torch.device("cuda")):
+        with qwen3_vl.generation_attention(device):
             model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=False, streamer=clock, **generate_kwargs)  # fmt: skip
-        torch.cuda.synchronize()
+                           do_sample=False, streamer=first_token, **generate_kwargs)  # fmt: skip
+        if cuda:
+            torch.cuda.synchronize()
         end = time.perf_counter()
     return {
         **times,
-        "first_token_ms": (clock.first - start) * 1000.0,
-        "decode_tokens_per_s": (new_tokens - 1) / (end - clock.first),
-        "peak_above_weights_mb": (torch.cuda.max_memory_allocated() - held) / 2**20,
+        "first_token_ms": (first_token.first - start) * 1000.0,
+        "decode_tokens_per_s": (new_tokens - 1) / (end - first_token.first),
+        # GPU memory only: on the CPU the process's memory says nothing about one pass.
+        "peak_above_weights_mb": (torch.cuda.max_memory_allocated() - held) / 2**20 if cuda else None,
         "visual_tokens": pass_inputs.num_visual_tokens,
         "sequence_length": int(pass_inputs.input_ids.shape[1]),
     }
 
 
-def measure(qa: VideoQA, size: str, frames: int, height: int, width: int, ratio: float | None,
-            runs: int, new_tokens: int, generate_kwargs: dict) -> Row:  # fmt: skip
+def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, ratios: list[float],
+                  runs: int, new_tokens: int, generate_kwargs: dict) -> list[Row]:  # fmt: skip
+    """Unpruned and V-CAST at each ratio on one synthetic video: a warm-up pass of each, then
+    `runs` rounds that run every method once, interleaved, so drift of the machine (clocks,
+    other load) falls on all methods alike. One Row per method, medians over the rounds."""
     clip = synthetic_clip(frames, height, width)
     inputs = qa._processor_inputs(clip, "Describe what happens in this video in detail.")
-    _one_pass(qa, inputs, ratio, new_tokens, generate_kwargs)  # warm-up (and compilation, if any)
-    results = [_one_pass(qa, inputs, ratio, new_tokens, generate_kwargs) for _ in range(runs)]
+    methods = [None, *ratios]
+    for ratio in methods:  # warm-up (and compilation, if any)
+        _one_pass(qa, inputs, ratio, new_tokens, generate_kwargs)
+    results: dict[float | None, list[dict]] = {ratio: [] for ratio in methods}
+    for _ in range(runs):
+        for ratio in methods:
+            results[ratio].append(_one_pass(qa, inputs, ratio, new_tokens, generate_kwargs))
+    rows = []
+    for ratio in methods:
+        passes = results[ratio]
 
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in results)
+        def med(key: str, passes=passes) -> float:
+            return statistics.median(r[key] for r in passes)
 
-    vision, selection, llm = med("vision"), med("selection"), med("llm_prefill")
-    return Row(
-        size=size, frames=frames, height=height, width=width,
-        method="unpruned" if ratio is None else "vcast", retain_ratio=1.0 if ratio is None else ratio,
-        visual_tokens=results[0]["visual_tokens"], sequence_length=results[0]["sequence_length"],
-        vision_ms=vision, selection_ms=selection, llm_prefill_ms=llm, prefill_ms=vision + selection + llm,
-        ttft_ms=vision + selection + med("first_token_ms"), decode_tokens_per_s=med("decode_tokens_per_s"),
-        peak_above_weights_mb=max(r["peak_above_weights_mb"] for r in results),
-    )  # fmt: skip
+        vision, selection, llm = med("vision"), med("selection"), med("llm_prefill")
+        peaks = [r["peak_above_weights_mb"] for r in passes if r["peak_above_weights_mb"] is not None]
+        rows.append(Row(
+            size=size, frames=frames, height=height, width=width,
+            method="unpruned" if ratio is None else "vcast", retain_ratio=1.0 if ratio is None else ratio,
+            visual_tokens=passes[0]["visual_tokens"], sequence_length=passes[0]["sequence_length"],
+            vision_ms=vision, selection_ms=selection, llm_prefill_ms=llm, prefill_ms=vision + selection + llm,
+            ttft_ms=vision + selection + med("first_token_ms"), decode_tokens_per_s=med("decode_tokens_per_s"),
+            peak_above_weights_mb=max(peaks) if peaks else None,
+        ))  # fmt: skip
+    return rows
 
 
 def _table(rows: list[Row]) -> str:
     lines = [
         "| model | frames, size | method | visual tokens | vision ms | selection ms | LLM prefill ms | prefill ms "
-        "| prefill / unpruned | TTFT ms | decode tok/s | peak above weights MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prefill / unpruned | TTFT ms | decode tok/s | decode / unpruned | peak above weights MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = {}
     for r in rows:
@@ -182,19 +213,33 @@ def _table(rows: list[Row]) -> str:
         if r.method == "unpruned":
             base[key] = r
         ref = base.get(key)
-        ratio = f"{r.prefill_ms / ref.prefill_ms:.2f}" if ref else "-"
+        prefill = f"{r.prefill_ms / ref.prefill_ms:.3f}" if ref else "-"
+        decode = f"{r.decode_tokens_per_s / ref.decode_tokens_per_s:.2f}" if ref else "-"
+        peak = "-" if r.peak_above_weights_mb is None else f"{r.peak_above_weights_mb:.0f}"
         name = "unpruned" if r.method == "unpruned" else f"V-CAST R={r.retain_ratio:g}"
         lines.append(
             f"| {r.size} | {r.frames}, {r.width}x{r.height} | {name} | {r.visual_tokens} | {r.vision_ms:.1f} | "
-            f"{r.selection_ms:.2f} | {r.llm_prefill_ms:.1f} | {r.prefill_ms:.1f} | {ratio} | {r.ttft_ms:.1f} | "
-            f"{r.decode_tokens_per_s:.1f} | {r.peak_above_weights_mb:.0f} |"
+            f"{r.selection_ms:.2f} | {r.llm_prefill_ms:.1f} | {r.prefill_ms:.1f} | {prefill} | {r.ttft_ms:.1f} | "
+            f"{r.decode_tokens_per_s:.1f} | {decode} | {peak} |"
         )
     return "\n".join(lines)
 
 
+def _model(size: str, args) -> VideoQA:
+    """A random-weight model of the real shapes of `size` on the GPU, or the tiny model on the CPU."""
+    if size == "tiny":  # a smoke test of this script (CI runs it), not a benchmark
+        qa = VideoQA.tiny()
+        qa.vision_chunk_patches = args.vision_chunk_patches
+        return qa
+    compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
+    return VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
+                                  compile_vision=compile_vision,
+                                  vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vcast.bench", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--sizes", default="8B", help="comma-separated Qwen3-VL sizes: 2B,4B,8B,32B,30B-A3B")
+    parser.add_argument("--sizes", default="8B", help="Qwen3-VL sizes: 2B,4B,8B,32B,30B-A3B (tiny: CPU smoke test)")
     parser.add_argument("--videos", default="32x448x448,64x352x640,128x352x640", help="FRAMESxHEIGHTxWIDTH,...")
     parser.add_argument("--ratios", default="0.25,0.15")
     parser.add_argument("--runs", type=int, default=5)
@@ -212,13 +257,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="decode with a static KV cache, which generate() compiles into CUDA graphs")  # fmt: skip
     parser.add_argument("--out", default="results/bench.json")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("python -m vcast.bench needs a CUDA GPU")
+    sizes = args.sizes.split(",")
+    if not torch.cuda.is_available() and sizes != ["tiny"]:
+        raise SystemExit("python -m vcast.bench needs a CUDA GPU for the real model sizes; without one, only "
+                         "--sizes tiny runs (a smoke test of the script, not a benchmark).")  # fmt: skip
+    if args.new_tokens < 2 or args.runs < 1:
+        raise SystemExit("--new-tokens must be at least 2 (the decode rate is taken after the first) and --runs >= 1")
     import transformers
 
     videos = [tuple(int(v) for v in spec.split("x")) for spec in args.videos.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+    device_name = torch.cuda.get_device_name() if sizes != ["tiny"] else "cpu"
+    meta = {"gpu": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "date": date.today().isoformat(), "attn": args.attn, "runs": args.runs, "new_tokens": args.new_tokens,
             "command": "python -m vcast.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
@@ -226,20 +276,18 @@ def main(argv: list[str] | None = None) -> None:
     meta["decode_cache"] = "static (compiled)" if args.static_cache else "dynamic"
     meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
     meta["vision_chunk_patches"] = args.vision_chunk_patches
+    meta["order"] = "a warm-up pass per method, then rounds running each method once (interleaved)"
     rows: list[Row] = []
-    for size in args.sizes.split(","):
-        compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
-        qa = VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
-                                    compile_vision=compile_vision,
-                                    vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+    for size in sizes:
+        qa = _model(size, args)
         for frames, height, width in videos:
-            for ratio in [None, *ratios]:
-                rows.append(
-                    measure(qa, size, frames, height, width, ratio, args.runs, args.new_tokens, generate_kwargs)
-                )
-                print(_table(rows[-1:]).splitlines()[-1], flush=True)
+            video_rows = measure_video(qa, size, frames, height, width, ratios, args.runs, args.new_tokens,
+                                       generate_kwargs)  # fmt: skip
+            rows.extend(video_rows)
+            print("\n".join(_table(video_rows).splitlines()[2:]), flush=True)
         del qa
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     print(json.dumps(meta))
     print(_table(rows))
     out = Path(args.out)

@@ -1,0 +1,42 @@
+"""`python -m vcast.bench` end to end on the CPU with the tiny model: the script the GPU tables come from."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vcast import VCastConfig, bench
+from vcast.core import total_budget
+
+
+def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--sizes", "tiny", "--videos", "4x64x96,6x96x128", "--ratios", "0.5,0.25", "--runs", "2",
+                "--new-tokens", "3", "--out", str(out)])  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["meta"]["gpu"] == "cpu" and data["meta"]["command"].startswith("python -m vcast.bench --sizes tiny")
+    rows = data["rows"]
+    assert [(r["frames"], r["method"], r["retain_ratio"]) for r in rows] == [
+        (4, "unpruned", 1.0), (4, "vcast", 0.5), (4, "vcast", 0.25),
+        (6, "unpruned", 1.0), (6, "vcast", 0.5), (6, "vcast", 0.25),
+    ]  # fmt: skip
+    for r in rows:
+        unpruned = next(u for u in rows if u["frames"] == r["frames"] and u["method"] == "unpruned")
+        groups = r["frames"] // 2
+        config = VCastConfig(retain_ratio=r["retain_ratio"])
+        assert r["visual_tokens"] == total_budget(groups, unpruned["visual_tokens"] // groups, config)
+        # only video tokens leave the prompt
+        assert unpruned["sequence_length"] - r["sequence_length"] == unpruned["visual_tokens"] - r["visual_tokens"]
+        assert r["prefill_ms"] == pytest.approx(r["vision_ms"] + r["selection_ms"] + r["llm_prefill_ms"])
+        assert r["ttft_ms"] > r["vision_ms"] and r["decode_tokens_per_s"] > 0
+        assert r["peak_above_weights_mb"] is None  # no GPU memory to speak of on the CPU
+    table = capsys.readouterr().out
+    assert "| tiny | 6, 128x96 | V-CAST R=0.25 | 9 |" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_bench_refuses_real_sizes_without_a_gpu(tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA GPU for the real model sizes"):
+        bench.main(["--sizes", "8B", "--out", str(tmp_path / "b.json")])
