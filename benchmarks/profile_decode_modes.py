@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from transformers import StaticCache
 
 from vcast.bench import synthetic_clip
 from vcast.config import VCastConfig
@@ -51,7 +52,11 @@ def one_pass(qa, inputs, ratio, mode, new_tokens):
         keep = None if ratio is None else select_tokens(features.grouped(), VCastConfig(retain_ratio=ratio)).keep
         pinputs = qwen3_vl.pass_inputs(model, inputs, features, positions, keep)
         del features
-        kwargs = {"cache_implementation": "static"} if mode == "static" else {}
+        kwargs = {}
+        if mode == "static":  # a cache of this pass's own length (see vcast.bench)
+            length = int(pinputs.input_ids.shape[1]) + new_tokens
+            kwargs["past_key_values"] = StaticCache(config=model.config.get_text_config(decoder=True),
+                                                    max_cache_len=length)  # fmt: skip
         clock = _Clock()
         with qwen3_vl.generation_attention(torch.device("cuda")):
             model.generate(**pinputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,

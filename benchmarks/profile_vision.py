@@ -22,6 +22,7 @@ import torch
 
 from vcast.bench import synthetic_clip
 from vcast.models import qwen3_vl
+from vcast.models.vision_attention import use_batched_vision_attention
 from vcast.models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
 from vcast.pipeline import VideoQA
 
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import transformers
 
-    qa = VideoQA.random_weights(args.size, max_pixels_per_frame=1024 * 32 * 32)
+    # Plain transformers vision paths plus batched attention; the "fast" variants add vision_fast's.
+    qa = VideoQA.random_weights(args.size, max_pixels_per_frame=1024 * 32 * 32, batched_vision_attention=False)
+    use_batched_vision_attention(qa.model)
     visual = qa.model.model.visual
     eager_features = {}
     rows = []

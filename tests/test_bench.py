@@ -40,3 +40,27 @@ def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
 def test_bench_refuses_real_sizes_without_a_gpu(tmp_path):
     with pytest.raises(SystemExit, match="needs a CUDA GPU for the real model sizes"):
         bench.main(["--sizes", "8B", "--out", str(tmp_path / "b.json")])
+
+
+def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(tmp_path, monkeypatch):
+    order, cache_lengths = [], []
+    one_pass = bench._one_pass
+
+    def spy(qa, inputs, ratio, new_tokens, generate_kwargs):
+        order.append(ratio)
+        generate = qa.model.generate
+
+        def generate_spy(**kwargs):
+            cache_lengths.append((ratio, kwargs["past_key_values"].get_max_length(), kwargs["input_ids"].shape[1]))
+            return generate(**kwargs)
+
+        monkeypatch.setattr(qa.model, "generate", generate_spy)
+        return one_pass(qa, inputs, ratio, new_tokens, generate_kwargs)
+
+    monkeypatch.setattr(bench, "_one_pass", spy)
+    bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5", "--runs", "2", "--new-tokens", "3",
+                "--static-cache", "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert order == [None, 0.5] + [None, 0.5] * 2  # a warm-up of each method, then rounds of both
+    for _ratio, cache_length, prompt_length in cache_lengths:
+        assert cache_length == prompt_length + 3  # its own length, not the longest seen before
+    assert {r for r, *_ in cache_lengths} == {None, 0.5}

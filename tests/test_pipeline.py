@@ -208,6 +208,21 @@ def test_out_of_memory_while_generating_gives_advice_and_the_next_request_works(
     assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).full.token_ids) == 2
 
 
+def test_a_failed_vision_compilation_names_the_option_to_turn_off(qa, clip_path, monkeypatch):
+    from vcast.models import qwen3_vl
+
+    failure = torch._dynamo.exc.TorchDynamoException("backend='inductor' raised: no C++ compiler found\nmore")
+    monkeypatch.setattr(qwen3_vl, "encode_video", _raise_once(failure, qwen3_vl.encode_video))
+    with pytest.raises(ModelError, match=r"Compiling the vision tower failed .*no C\+\+ compiler found\); run without"):
+        qa.answer(clip_path, "What happens?", max_new_tokens=2)
+    assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).pruned.token_ids) == 2
+
+
+def test_tiny_takes_videoqa_options_through_from_pretrained():
+    qa = VideoQA.from_pretrained("tiny", vision_chunk_patches=1024, max_generation_s=7.0)
+    assert qa.is_tiny and (qa.vision_chunk_patches, qa.max_generation_s) == (1024, 7.0)
+
+
 def test_a_cancelled_request_stops_between_tokens(qa, clip_path):
     import threading
 

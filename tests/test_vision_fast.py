@@ -9,9 +9,11 @@ from transformers.video_utils import VideoMetadata
 
 from vcast.models import qwen3_vl, vision_fast
 from vcast.models.tiny import tiny_model, tiny_processor
+from vcast.models.vision_attention import use_batched_vision_attention
 from vcast.models.vision_fast import (
     LinearPatchEmbed,
     equal_groups_sdpa,
+    grouped_sdpa,
     use_fused_vision_attention,
     use_linear_patch_embed,
 )
@@ -75,7 +77,7 @@ def test_fast_vision_paths_give_the_same_features_logits_and_state(processor, mo
     use_fused_vision_attention(model)
     use_fused_vision_attention(model)  # a second call changes nothing
     calls = []
-    monkeypatch.setattr(vision_fast, "equal_groups_sdpa", lambda *a: calls.append(a[3]) or equal_groups_sdpa(*a))
+    monkeypatch.setattr(vision_fast, "grouped_sdpa", lambda *a: calls.append(a[3]) or grouped_sdpa(*a))
     with torch.inference_mode():
         fast = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"], chunk_groups=4)
         fast_logits = model(**inputs).logits
@@ -92,8 +94,9 @@ def test_fast_vision_paths_give_the_same_features_logits_and_state(processor, mo
     assert all(torch.equal(state_after[name], tensor) for name, tensor in state_before.items())
 
 
-def test_fused_attention_falls_back_for_segments_of_different_sizes():
+def test_fused_attention_falls_back_for_segments_of_different_sizes(monkeypatch):
     model = tiny_model()
+    use_batched_vision_attention(model)  # passes max_seqlen, so the fused forward must check the sizes itself
     visual = model.model.visual
     grid = torch.tensor([[1, 4, 6], [1, 6, 4], [1, 2, 2]])  # three images: 24, 24 and 4 patches
     patches = torch.randn(int(grid.prod(-1).sum()), visual.patch_embed.proj.weight[0].numel(),
@@ -102,5 +105,45 @@ def test_fused_attention_falls_back_for_segments_of_different_sizes():
         plain = visual(patches, grid_thw=grid).pooler_output
         use_fused_vision_attention(model)
         use_linear_patch_embed(model)
+        calls = []
+        monkeypatch.setattr(vision_fast, "grouped_sdpa", lambda *a: calls.append(a[3]) or grouped_sdpa(*a))
         fast = visual(patches, grid_thw=grid).pooler_output
+        assert calls == []  # unequal segments: transformers' path, never the equal-groups call
+        same = torch.tensor([[1, 4, 6], [1, 4, 6]])  # equal segments: the fused path
+        visual(torch.randn(48, patches.shape[1]), grid_thw=same)
+        assert calls == [2] * len(visual.blocks)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+
+
+def test_linear_patch_embed_leaves_offloaded_or_meta_convolutions_alone():
+    model = tiny_model()
+    conv = model.model.visual.patch_embed.proj
+    conv._hf_hook = object()  # what accelerate attaches to an offloaded module
+    use_linear_patch_embed(model)
+    assert model.model.visual.patch_embed.proj is conv
+    meta_conv = torch.nn.Conv3d(3, conv.out_channels, conv.kernel_size, conv.stride, device="meta")
+    model.model.visual.patch_embed.proj = meta_conv  # weights not loaded yet (accelerate's empty init)
+    use_linear_patch_embed(model)
+    assert model.model.visual.patch_embed.proj is meta_conv
+    del conv._hf_hook
+    model.model.visual.patch_embed.proj = conv
+    use_linear_patch_embed(model)
+    assert isinstance(model.model.visual.patch_embed.proj, LinearPatchEmbed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU attention backends need a CUDA GPU")
+@pytest.mark.parametrize("backend", ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"])
+def test_grouped_sdpa_on_strided_views_matches_per_group_attention_on_each_gpu_backend(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(4 * 196, 3, 16, 72, generator=g, device="cuda", dtype=torch.bfloat16)  # 8B's head dim
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # strided rows, as the vision tower passes them
+    with sdpa_kernel(getattr(SDPBackend, backend)):
+        out = equal_groups_sdpa(q, k, v, 4, 72**-0.5)
+    for i in range(4):
+        rows = slice(196 * i, 196 * (i + 1))
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            *(t[rows].transpose(0, 1).contiguous().float() for t in (q, k, v)), scale=72**-0.5
+        ).transpose(0, 1)
+        torch.testing.assert_close(out[rows].float(), ref, atol=2e-2, rtol=2e-2)

@@ -280,7 +280,8 @@ class VideoQA:
         Raises ModelError with what to do when the checkpoint is unreachable, unknown, or not Qwen3-VL.
         """
         if model_id == TINY_MODEL_ID:
-            return cls.tiny()
+            return cls.tiny(compile_vision=compile_vision, vision_chunk_patches=vision_chunk_patches,
+                            max_generation_s=max_generation_s)  # fmt: skip
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         # Without the hub, only a local folder or a copy in the local cache can load; find out in
@@ -315,8 +316,9 @@ class VideoQA:
                    max_generation_s=max_generation_s)  # fmt: skip
 
     @classmethod
-    def tiny(cls, seed: int = 0, *, moe: bool = False, attn_implementation: str = "sdpa") -> VideoQA:
-        """A tiny random Qwen3-VL of the real architecture, with an offline tokenizer and processor."""
+    def tiny(cls, seed: int = 0, *, moe: bool = False, attn_implementation: str = "sdpa", **options) -> VideoQA:
+        """A tiny random Qwen3-VL of the real architecture, with an offline tokenizer and processor.
+        `options` are VideoQA's (`compile_vision`, `vision_chunk_patches`, `max_generation_s`, ...)."""
         from .models.tiny import tiny_model, tiny_processor
 
         model = tiny_model(seed=seed, moe=moe, attn_implementation=attn_implementation)
@@ -327,7 +329,7 @@ class VideoQA:
         readable = {vocab[c] for c in map(chr, range(33, 127))} | {vocab["Ġ"]}  # "Ġ" is the space byte
         all_ids = range(model.config.text_config.vocab_size)
         model.generation_config.suppress_tokens = [i for i in all_ids if i not in readable]
-        return cls(model, processor, model_id=TINY_MODEL_ID)
+        return cls(model, processor, model_id=TINY_MODEL_ID, **options)
 
     @classmethod
     def random_weights(
@@ -386,6 +388,11 @@ class VideoQA:
         except torch.OutOfMemoryError as err:
             self._free_memory()
             raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
+        except torch._dynamo.exc.TorchDynamoException as err:  # compile_vision on a machine that cannot compile
+            raise ModelError(
+                f"Compiling the vision tower failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "run without compile_vision / --compile-vision."
+            ) from err
 
     def _answer(
         self,

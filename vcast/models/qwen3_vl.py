@@ -24,7 +24,7 @@ from transformers.vision_utils import (
 SUPPORTED_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
 # Patches per vision chunk: large enough for efficient matrix products and few launches per
 # patch, small enough that the vision tower's activations stay about 300 MB at 8B scale (below
-# the LLM prefill's own peak with V-CAST; docs/BENCHMARKS.md).
+# the LLM prefill's own peak with V-CAST at R = 0.25; docs/BENCHMARKS.md section 4.4).
 DEFAULT_VISION_CHUNK_PATCHES = 8192
 
 
@@ -149,17 +149,30 @@ def encode_video(
     return VisionFeatures(embeds=embeds, deepstack=deepstack, grid=(T, H // merge, W // merge))
 
 
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One copy stream per device for the whole process: the caching allocator keeps freed blocks
+    per stream, so a new stream per video would strand cached chunk buffers on each of them."""
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 class _ChunkLoader:
     """Moves chunks of patches to the device (and the vision tower's dtype) one chunk ahead.
 
     On CUDA, with patches on the host, each copy and cast runs on a side stream while the
-    previous chunk computes; elsewhere it is a plain `.to()`.
+    previous chunk computes; elsewhere it is a plain `.to()`. The patches should be in pinned
+    memory (VideoQA pins them): a copy from pageable memory makes the host wait for it.
     """
 
     def __init__(self, patches: torch.Tensor, per_group: int, device: torch.device, dtype: torch.dtype):
         self.patches, self.per_group, self.device, self.dtype = patches, per_group, device, dtype
         side = device.type == "cuda" and patches.device.type == "cpu"
-        self.stream = torch.cuda.Stream(device) if side else None
+        self.stream = _side_stream(device) if side else None
         self.pending = None
 
     def fetch(self, start: int, stop: int) -> None:
@@ -186,6 +199,8 @@ def chunk_bounds(groups: int, most: int) -> list[int]:
     16 groups at most 5 per chunk: [0, 4, 8, 12, 16] (4 x 4, not 5 + 5 + 5 + 1): no small, slow
     remainder chunk, and at most two chunk shapes (each shape is one compilation or CUDA graph).
     """
+    if groups < 1 or most < 1:
+        raise ValueError(f"chunk_bounds needs at least one group and one group per chunk, got {groups}, {most}")
     count = -(-groups // most)
     base, extra = divmod(groups, count)
     sizes = [base + 1] * extra + [base] * (count - extra)

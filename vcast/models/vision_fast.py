@@ -18,6 +18,7 @@ the same); both only replace bound forwards / submodules of one loaded model.
 
 from __future__ import annotations
 
+import sys
 import types
 
 import torch
@@ -34,7 +35,7 @@ class LinearPatchEmbed(nn.Module):
 
     def __init__(self, conv: nn.Conv3d):
         super().__init__()
-        if tuple(conv.kernel_size) != tuple(conv.stride) or conv.padding != (0, 0, 0) or conv.groups != 1:
+        if not is_patchwise(conv):
             raise ValueError("LinearPatchEmbed replaces only a Conv3d whose kernel equals its stride")
         self.weight, self.bias = conv.weight, conv.bias
         self.kernel_size = tuple(conv.kernel_size)
@@ -45,16 +46,31 @@ class LinearPatchEmbed(nn.Module):
         return out.view(*out.shape, 1, 1, 1)
 
 
+def is_patchwise(conv: nn.Module) -> bool:
+    """A plain Conv3d that sees each patch exactly once: kernel == stride, no padding, dilation or groups."""
+    return (
+        isinstance(conv, nn.Conv3d)
+        and tuple(conv.kernel_size) == tuple(conv.stride)
+        and conv.padding in ((0, 0, 0), "valid")
+        and tuple(conv.dilation) == (1, 1, 1)
+        and conv.groups == 1
+    )
+
+
 def use_linear_patch_embed(model) -> None:
-    """Swap the vision tower's patch-embedding Conv3d for `LinearPatchEmbed` (this instance only)."""
+    """Swap the vision tower's patch-embedding Conv3d for `LinearPatchEmbed` (this instance only).
+
+    Left alone when accelerate manages the convolution (offloaded weights behind a hook, or on the
+    meta device): the hook moves the weights in for the Conv3d's own forward only.
+    """
     patch_embed = model.model.visual.patch_embed
-    if isinstance(patch_embed.proj, nn.Conv3d):
-        patch_embed.proj = LinearPatchEmbed(patch_embed.proj)
+    conv = patch_embed.proj
+    if is_patchwise(conv) and not hasattr(conv, "_hf_hook") and conv.weight.device.type != "meta":
+        patch_embed.proj = LinearPatchEmbed(conv)
 
 
-@torch.library.custom_op("vcast::equal_groups_sdpa", mutates_args=())
-def equal_groups_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: int,
-                      scale: float) -> torch.Tensor:  # fmt: skip
+def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: int,
+                 scale: float) -> torch.Tensor:  # fmt: skip
     """Bidirectional attention within each of `groups` equal, consecutive segments.
 
     query, key, value: (S, heads, dim) with unit stride in dim (any row stride); returns
@@ -64,6 +80,13 @@ def equal_groups_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     views = [t.unflatten(0, (groups, length // groups)).transpose(1, 2) for t in (query, key, value)]
     out = F.scaled_dot_product_attention(*views, scale=scale)  # (groups, heads, L, dim)
     return out.transpose(1, 2).reshape(length, heads, dim).contiguous()
+
+
+@torch.library.custom_op("vcast::equal_groups_sdpa", mutates_args=())
+def equal_groups_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: int,
+                      scale: float) -> torch.Tensor:  # fmt: skip
+    """`grouped_sdpa` as an opaque operator: under torch.compile, Inductor passes the views as they are."""
+    return grouped_sdpa(query, key, value, groups, scale)
 
 
 @equal_groups_sdpa.register_fake
@@ -80,14 +103,16 @@ def _fused_forward(self, hidden_states, cu_seqlens, position_embeddings=None, ma
     qkv = self.qkv(hidden_states).view(length, 3, self.num_heads, -1)
     cos, sin = position_embeddings
     query, key = self._vcast_rotary(qkv[:, 0], qkv[:, 1], cos, sin)  # transformers' own rotary
-    out = equal_groups_sdpa(query, key, qkv[:, 2], groups, self.scaling)
+    # Eager calls skip the operator's dispatch; compiled graphs need the opaque operator.
+    attention = equal_groups_sdpa if torch.compiler.is_compiling() else grouped_sdpa
+    out = attention(query, key, qkv[:, 2], groups, self.scaling)
     return self.proj(out.view(length, -1))
 
 
 def use_fused_vision_attention(model) -> None:
     """Route every vision block's attention of this instance through `_fused_forward`."""
-    module = __import__(type(model).__module__, fromlist=["apply_rotary_pos_emb_vision"])
     for block in model.model.visual.blocks:
         attn = block.attn
-        attn._vcast_rotary = module.apply_rotary_pos_emb_vision  # transformers' own rotary function
+        # transformers' own rotary function, from the module that defines this attention class
+        attn._vcast_rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
         attn.forward = types.MethodType(_fused_forward, attn)  # the class's forward stays the fallback
