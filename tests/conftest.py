@@ -1,4 +1,4 @@
-"""Fixtures shared by the suites that drive the launched app (reliability, security)."""
+"""Fixtures shared by the suites that use the app: its module, a launched server, a client."""
 
 from __future__ import annotations
 

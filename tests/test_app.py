@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 from pathlib import Path
@@ -18,15 +17,6 @@ EXAMPLES = json.loads((ROOT / "assets" / "examples.json").read_text())
 CLIP = str(ROOT / "assets" / EXAMPLES[0]["file"])
 QUESTION = EXAMPLES[0]["question"]
 FRAMES = 8  # 4 temporal groups: enough for curvature, quick on the CPU
-
-
-@pytest.fixture(scope="module")
-def app():
-    """The app module, imported as `python app.py` would be, on the tiny model with the hub out of reach."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VCAST_MODEL", "tiny")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        return importlib.import_module("app")
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:

@@ -5,10 +5,8 @@ Both run the tiny offline model on the CPU and talk only to 127.0.0.1.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _app_server import free_port
+from _app_server import served as serve
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -25,28 +25,11 @@ CLIP, QUESTION = str(ROOT / "assets" / EXAMPLE["file"]), EXAMPLE["question"]
 STARTUP_TIMEOUT_S = 120
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VCAST_MODEL", "tiny")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        return importlib.import_module("app")
-
-
 @pytest.fixture(scope="module")
 def served(app):
     """(local URL, client) of the app launched in this process on a free port."""
-    app.demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.launch_options())
-    try:
-        yield app.demo.local_url, Client(app.demo.local_url, verbose=False)
-    finally:
-        app.demo.close()
+    with serve(app) as url:
+        yield url, Client(url, verbose=False)
 
 
 def test_the_server_listens_on_localhost_only(served):

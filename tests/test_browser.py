@@ -7,9 +7,7 @@ drives the frame slider and the heatmap toggle, and saves a screenshot of each w
 
 from __future__ import annotations
 
-import importlib
 import io
-import socket
 import time
 from pathlib import Path
 
@@ -28,25 +26,6 @@ RUN_TIMEOUT_MS = 120_000
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VCAST_MODEL", "tiny")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        app = importlib.import_module("app")
-    app.demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.launch_options())
-    try:
-        yield app.demo.local_url
-    finally:
-        app.demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import _media as media
 from vcast import video
 from vcast.video import VideoClip, VideoError, clip_to_processor_inputs, read_video, sample_indices
 
@@ -303,32 +303,6 @@ def test_opencv_written_clip_reads_with_exact_indices(tmp_path):
     np.testing.assert_allclose(clip.timestamps, np.array([0, 5, 10, 15]) / 8, atol=1e-9)
 
 
-def _png(path: Path) -> Path:
-    cv2.imwrite(str(path), numbered_frame(3))
-    return path
-
-
-def _wav(path: Path) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes((np.sin(np.arange(8000) / 5) * 8000).astype(np.int16).tobytes())
-    return path
-
-
-def _m4a(path: Path) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for i in range(10):
-            samples = (np.sin(np.arange(1024) / 7 + i) * 0.3).astype(np.float32)[None]
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
-
-
 def _truncated(path: Path, source: Path, fraction: float, faststart: bool) -> Path:
     if faststart:
         frames = np.stack([numbered_frame(i) for i in range(40)])
@@ -362,16 +336,16 @@ BAD_INPUTS = {
     "folder": (lambda d, c: d, {}, r"is a folder"),
     "empty": (lambda d, c: _bytes(d / "empty.mp4", b""), {}, r"empty"),
     "text": (lambda d, c: _bytes(d / "notes.mp4", "Grüße, hello\n".encode() * 50), {}, r"text file"),
-    "png": (lambda d, c: _png(d / "still.png"), {}, r"still image \(PNG\)"),
-    "png_renamed": (lambda d, c: _png(d / "still.png").rename(d / "still.mp4"), {}, r"still image \(PNG\)"),
+    "png": (lambda d, c: media.png(d / "still.png"), {}, r"still image \(PNG\)"),
+    "png_renamed": (lambda d, c: media.png(d / "still.png").rename(d / "still.mp4"), {}, r"still image \(PNG\)"),
     "jpeg": (
         lambda d, c: cv2.imwrite(str(d / "a.jpg"), numbered_frame(1)) and d / "a.jpg",
         {},
         r"still image \(JPEG\)",
     ),
     "one_frame_gif": (lambda d, c: numbered_video(d / "still.gif", 1, codec="gif", pix_fmt="rgb8"), {}, r"image"),
-    "wav": (lambda d, c: _wav(d / "sound.wav"), {}, r"only audio"),
-    "m4a": (lambda d, c: _m4a(d / "sound.m4a"), {}, r"only audio"),
+    "wav": (lambda d, c: media.wav(d / "sound.wav"), {}, r"only audio"),
+    "m4a": (lambda d, c: media.m4a(d / "sound.m4a"), {}, r"only audio"),
     "garbage": (lambda d, c: _bytes(d / "x.mp4", bytes(range(256)) * 64), {}, r"damaged"),
     "truncated_moov_at_end": (
         lambda d, c: _truncated(d / "cut.mp4", c["cfr"], 0.7, faststart=False),
