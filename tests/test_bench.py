@@ -9,6 +9,7 @@ import torch
 
 from vcast import VCastConfig, bench
 from vcast.core import total_budget
+from vcast.models.decode import DEFAULT_CACHE_BUCKET
 
 
 def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
@@ -42,25 +43,29 @@ def test_bench_refuses_real_sizes_without_a_gpu(tmp_path):
         bench.main(["--sizes", "8B", "--out", str(tmp_path / "b.json")])
 
 
-def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(tmp_path, monkeypatch):
-    order, cache_lengths = [], []
+def test_bench_interleaves_the_methods_and_reuses_one_static_cache_per_length(tmp_path, monkeypatch):
+    order, passes = [], []
     one_pass = bench._one_pass
 
-    def spy(qa, inputs, ratio, new_tokens, generate_kwargs):
+    def spy(qa, inputs, ratio, new_tokens):
         order.append(ratio)
         generate = qa.model.generate
 
         def generate_spy(**kwargs):
-            cache_lengths.append((ratio, kwargs["past_key_values"].get_max_length(), kwargs["input_ids"].shape[1]))
+            cache = kwargs["past_key_values"]
+            filled = int(cache.get_seq_length())
+            passes.append((ratio, cache, cache.get_max_length(), filled, kwargs["input_ids"].shape[1]))
             return generate(**kwargs)
 
         monkeypatch.setattr(qa.model, "generate", generate_spy)
-        return one_pass(qa, inputs, ratio, new_tokens, generate_kwargs)
+        return one_pass(qa, inputs, ratio, new_tokens)
 
     monkeypatch.setattr(bench, "_one_pass", spy)
     bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5", "--runs", "2", "--new-tokens", "3",
-                "--static-cache", "--out", str(tmp_path / "b.json")])  # fmt: skip
+                "--compile-decode", "--out", str(tmp_path / "b.json")])  # fmt: skip
     assert order == [None, 0.5] + [None, 0.5] * 2  # a warm-up of each method, then rounds of both
-    for _ratio, cache_length, prompt_length in cache_lengths:
-        assert cache_length == prompt_length + 3  # its own length, not the longest seen before
-    assert {r for r, *_ in cache_lengths} == {None, 0.5}
+    for _ratio, _cache, cache_length, filled, prompt_length in passes:
+        assert cache_length == -(-(prompt_length + 3) // DEFAULT_CACHE_BUCKET) * DEFAULT_CACHE_BUCKET
+        assert filled == 0  # handed over empty
+    for ratio in (None, 0.5):  # every pass of a method decodes into the same cache object
+        assert len({id(cache) for r, cache, *_ in passes if r == ratio}) == 1

@@ -138,7 +138,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_answers_end_to_end_on_the_tiny_model_as_json(clip_path):
     done = _cli(str(clip_path), "What happens?", "--model", "tiny", "--retain", "0.3", "--frames", "8",
-                "--max-new-tokens", "4", "--json")  # fmt: skip
+                "--max-new-tokens", "4", "--json", "--compile-decode")  # fmt: skip
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["model"] == "tiny" and record["config"]["retain_ratio"] == 0.3

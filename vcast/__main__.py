@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile-vision", action="store_true",
         help="torch.compile the vision tower (faster on a GPU; the first video pays a compilation)",
     )  # fmt: skip
+    parser.add_argument(
+        "--compile-decode", action="store_true",
+        help="decode from static KV caches compiled into CUDA graphs (faster tokens/s on a GPU; each new "
+        "cache length pays a compilation)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         config = VCastConfig(retain_ratio=args.retain, temperature=args.temperature, allocation=args.allocation)
         if args.frames is not None and args.frames < 2:
             raise ValueError(f"--frames must be at least 2, got {args.frames}")
-        qa = VideoQA.from_pretrained(args.model, compile_vision=args.compile_vision)
+        qa = VideoQA.from_pretrained(args.model, compile_vision=args.compile_vision, compile_decode=args.compile_decode)
         if qa.is_tiny and not args.json:
             print("note: the tiny offline model has random weights; its answers are noise.", file=sys.stderr)
 

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import StaticCache
 
 from .config import VCastConfig
 from .core import select_tokens
 from .models import qwen3_vl
+from .models.decode import cache_bytes
 from .pipeline import VideoQA
 from .video import VideoClip
 
@@ -120,7 +120,7 @@ class _FirstTokenClock:
         """Nothing to flush: the clock only notes the first token."""
 
 
-def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generate_kwargs: dict) -> dict:
+def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
     """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory."""
     model, device = qa.model, qa.device
     cuda = device.type == "cuda"
@@ -151,13 +151,13 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generat
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        kwargs = dict(generate_kwargs)
-        if kwargs.pop("static_cache", False):
-            # A cache of this pass's own length: generate()'s cache_implementation="static" would reuse
-            # the longest length seen so far (the unpruned pass's) to avoid recompiling.
-            length = int(pass_inputs.input_ids.shape[1]) + new_tokens
-            kwargs["past_key_values"] = StaticCache(config=model.config.get_text_config(decoder=True),
-                                                    max_cache_len=length)  # fmt: skip
+        kwargs = {}
+        if qa.decode_caches is not None:
+            # The same static cache (and CUDA graphs) as every earlier pass of this length. Allocated
+            # by an earlier pass, it is inside `held` but is this pass's memory all the same.
+            kwargs["past_key_values"] = cache = qa.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
+            if cuda:
+                held -= cache_bytes(cache)
         with qwen3_vl.generation_attention(device):
             model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            do_sample=False, streamer=first_token, **kwargs)  # fmt: skip
@@ -176,7 +176,7 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int, generat
 
 
 def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, ratios: list[float],
-                  runs: int, new_tokens: int, generate_kwargs: dict) -> list[Row]:  # fmt: skip
+                  runs: int, new_tokens: int) -> list[Row]:  # fmt: skip
     """Unpruned and V-CAST at each ratio on one synthetic video: a warm-up pass of each, then
     `runs` rounds that run every method once, interleaved, so drift of the machine (clocks,
     other load) falls on all methods alike. One Row per method, medians over the rounds."""
@@ -184,11 +184,11 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
     inputs = qa._processor_inputs(clip, "Describe what happens in this video in detail.")
     methods = [None, *ratios]
     for ratio in methods:  # warm-up (and compilation, if any)
-        _one_pass(qa, inputs, ratio, new_tokens, generate_kwargs)
+        _one_pass(qa, inputs, ratio, new_tokens)
     results: dict[float | None, list[dict]] = {ratio: [] for ratio in methods}
     for _ in range(runs):
         for ratio in methods:
-            results[ratio].append(_one_pass(qa, inputs, ratio, new_tokens, generate_kwargs))
+            results[ratio].append(_one_pass(qa, inputs, ratio, new_tokens))
     rows = []
     for ratio in methods:
         passes = results[ratio]
@@ -238,9 +238,10 @@ def _model(size: str, args) -> VideoQA:
     compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
     if size == "tiny":  # a smoke test of this script (CI runs it), not a benchmark
         return VideoQA.tiny(attn_implementation=args.attn, compile_vision=compile_vision,
+                            compile_decode=args.compile_decode,
                             vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
     return VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
-                                  compile_vision=compile_vision,
+                                  compile_vision=compile_vision, compile_decode=args.compile_decode,
                                   vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
 
 
@@ -260,8 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead)",
     )
     parser.add_argument("--vision-chunk-patches", type=int, default=qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES)
-    parser.add_argument("--static-cache", action="store_true",
-                        help="decode with a static KV cache, which generate() compiles into CUDA graphs")  # fmt: skip
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="decode from static KV caches kept across passes, which generate() compiles into CUDA "
+                        "graphs (VideoQA's compile_decode)")  # fmt: skip
     parser.add_argument("--out", default="results/bench.json")
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
             "transformers": transformers.__version__, "python": platform.python_version(),
             "date": date.today().isoformat(), "attn": args.attn, "runs": args.runs, "new_tokens": args.new_tokens,
             "command": "python -m vcast.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
-    generate_kwargs = {"static_cache": True} if args.static_cache else {}
-    meta["decode_cache"] = "static, sized per pass (compiled by generate)" if args.static_cache else "dynamic"
+    meta["decode"] = ("static caches kept across passes, compiled by generate (CUDA graphs)" if args.compile_decode
+                      else "dynamic cache, eager")  # fmt: skip
     meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
     meta["vision_chunk_patches"] = args.vision_chunk_patches
     meta["order"] = "a warm-up pass per method, then rounds running each method once (interleaved)"
@@ -288,8 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         qa = _model(size, args)
         for frames, height, width in videos:
-            video_rows = measure_video(qa, size, frames, height, width, ratios, args.runs, args.new_tokens,
-                                       generate_kwargs)  # fmt: skip
+            video_rows = measure_video(qa, size, frames, height, width, ratios, args.runs, args.new_tokens)
             rows.extend(video_rows)
             print("\n".join(_table(video_rows).splitlines()[2:]), flush=True)
         del qa

@@ -25,6 +25,7 @@ from transformers.generation.streamers import BaseStreamer
 from .config import ALLOCATIONS, VCastConfig
 from .core import Selection, allocate_budgets, allocation_weights, select_tokens, total_budget
 from .models import qwen3_vl
+from .models.decode import DecodeCaches
 from .models.vision_attention import use_batched_vision_attention
 from .models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
 from .video import VideoClip, clip_to_processor_inputs, read_video
@@ -226,6 +227,7 @@ class VideoQA:
         processor_kwargs: dict | None = None,
         batched_vision_attention: bool = True,
         compile_vision: bool | str = False,
+        compile_decode: bool = False,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
     ):
         """Wrap a loaded Qwen3-VL `model` and its `processor`.
@@ -237,6 +239,12 @@ class VideoQA:
         compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
         the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
         string names the torch.compile mode (e.g. "reduce-overhead" for CUDA graphs).
+        compile_decode: decode from static KV caches kept across requests (`vcast.models.decode`),
+        which transformers' generate compiles into CUDA graphs on a GPU: each decode step is then
+        bound by the GPU, where V-CAST's shorter cache pays, rather than by the host's Python. Each
+        new cache length (rounded up to 512 tokens) pays a compilation or graph recording once, and
+        the caches (one per method) stay allocated between requests. On the CPU the caches are
+        used without compilation.
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         """
         qwen3_vl.check_supported(model)
@@ -247,6 +255,7 @@ class VideoQA:
         if compile_vision:
             mode = compile_vision if isinstance(compile_vision, str) else None
             model.model.visual.compile(dynamic=True, mode=mode)
+        self.decode_caches = DecodeCaches(model) if compile_decode else None
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
         self.max_generation_s = max_generation_s
@@ -267,6 +276,7 @@ class VideoQA:
         attn_implementation: str | None = None,
         max_pixels_per_video: int = 16384 * 32 * 32,
         compile_vision: bool | str = False,
+        compile_decode: bool = False,
         vision_chunk_patches: int = qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
         **loading_options,
@@ -275,13 +285,13 @@ class VideoQA:
 
         `max_pixels_per_video` is the processor's total pixel budget over the clip (each 32 x 32
         pixels of a frame pair becomes one visual token); per-frame pixels are capped as in the
-        reference qwen-vl-utils. `compile_vision`, `vision_chunk_patches` and `max_generation_s`
-        are VideoQA's (see `__init__`); other keywords go to transformers' `from_pretrained`.
+        reference qwen-vl-utils. `compile_vision`, `compile_decode`, `vision_chunk_patches` and
+        `max_generation_s` are VideoQA's (see `__init__`); other keywords go to transformers' `from_pretrained`.
         Raises ModelError with what to do when the checkpoint is unreachable, unknown, or not Qwen3-VL.
         """
         if model_id == TINY_MODEL_ID:
-            return cls.tiny(compile_vision=compile_vision, vision_chunk_patches=vision_chunk_patches,
-                            max_generation_s=max_generation_s)  # fmt: skip
+            return cls.tiny(compile_vision=compile_vision, compile_decode=compile_decode,
+                            vision_chunk_patches=vision_chunk_patches, max_generation_s=max_generation_s)  # fmt: skip
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         # Without the hub, only a local folder or a copy in the local cache can load; find out in
@@ -312,8 +322,8 @@ class VideoQA:
             raise ModelError(f"Could not load the weights of {model_id!r}: {err}") from err
         budget = {"size": {"shortest_edge": 128 * 32 * 32, "longest_edge": max_pixels_per_video}}
         return cls(model, processor, model_id=model_id, processor_kwargs={**budget, "cap_pixels_per_frame": True},
-                   compile_vision=compile_vision, vision_chunk_patches=vision_chunk_patches,
-                   max_generation_s=max_generation_s)  # fmt: skip
+                   compile_vision=compile_vision, compile_decode=compile_decode,
+                   vision_chunk_patches=vision_chunk_patches, max_generation_s=max_generation_s)  # fmt: skip
 
     @classmethod
     def tiny(cls, seed: int = 0, *, moe: bool = False, attn_implementation: str = "sdpa", **options) -> VideoQA:
@@ -388,10 +398,11 @@ class VideoQA:
         except torch.OutOfMemoryError as err:
             self._free_memory()
             raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
-        except torch._dynamo.exc.TorchDynamoException as err:  # compile_vision on a machine that cannot compile
+        except torch._dynamo.exc.TorchDynamoException as err:  # compiling on a machine that cannot compile
+            what = "the vision tower" if stage[0] == "encoding the frames" else "the model"
             raise ModelError(
-                f"Compiling the vision tower failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                "run without compile_vision / --compile-vision."
+                f"Compiling {what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "run without compile_vision / compile_decode (--compile-vision / --compile-decode)."
             ) from err
 
     def _answer(
@@ -535,6 +546,10 @@ class VideoQA:
             kwargs.setdefault("temperature", None)
             kwargs.setdefault("top_p", None)
             kwargs.setdefault("top_k", None)
+        cache = None
+        if self.decode_caches is not None:
+            cache = self.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + max_new_tokens)
+            kwargs["past_key_values"] = cache
         self._reset_peak()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -550,6 +565,9 @@ class VideoQA:
         prefill_ms = (first - start) * 1000.0
         decode_s = end - first
         peak = max(vision_peak, self._peak_memory(streamer.peak_rss))
+        if cache is not None and self.device.type == "cuda":
+            # The other pass's cache, kept for the next request, is not this pass's memory.
+            peak -= self.decode_caches.held_bytes(besides=cache) / 2**20
         metrics = PassMetrics(
             visual_tokens_in=visual_tokens_in,
             visual_tokens_kept=pass_inputs.num_visual_tokens,
@@ -574,6 +592,8 @@ class VideoQA:
 
     def _free_memory(self) -> None:
         """Release what a failed request left behind, so the next one starts clean."""
+        if self.decode_caches is not None:
+            self.decode_caches.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
