@@ -6,7 +6,8 @@
 Each pass: the vision tower, selection (V-CAST R=0.25) or none (unpruned), then `generate` of
 `--new-tokens` greedy tokens in the named mode: "dynamic" (generate's default cache, eager),
 "static" (VideoQA's compile_decode: static caches kept across passes, compiled by generate into
-CUDA graphs), "compiled-layers" (each decoder layer torch.compiled, dynamic cache). Reports the
+CUDA graphs; "static-math", "static-cudnn", "static-efficient", "static-default" put one SDPA
+backend first), "compiled-layers" (each decoder layer torch.compiled, dynamic cache). Reports the
 decode rate after the first token and the peak memory above the weights during prefill (to the
 first token) and during decoding.
 """
@@ -14,6 +15,7 @@ first token) and during decoding.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -44,6 +46,22 @@ class _Clock:
         """Nothing to flush."""
 
 
+def _attention(mode: str):
+    """SDPA backends for generate: the library's choice, or "static-<backend>" to try one backend
+    first (math, cudnn, efficient; "default" = PyTorch's own order)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = mode.partition("-")[2] if mode.startswith("static-") else ""
+    if not backend:
+        return qwen3_vl.generation_attention(torch.device("cuda"))
+    if backend == "default":
+        return contextlib.nullcontext()
+    first = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    others = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    rest = [b for b in others if b != first[backend]]
+    return sdpa_kernel([first[backend], *rest], set_priority=True)
+
+
 def one_pass(qa, inputs, ratio, mode, new_tokens):
     model = qa.model
     torch.cuda.synchronize()
@@ -56,11 +74,11 @@ def one_pass(qa, inputs, ratio, mode, new_tokens):
         pinputs = qwen3_vl.pass_inputs(model, inputs, features, positions, keep)
         del features
         kwargs = {}
-        if mode == "static":  # the pool's cache for this length, the same object every pass (see vcast.bench)
+        if mode.startswith("static"):  # the pool's cache for this length, the same object every pass (vcast.bench)
             kwargs["past_key_values"] = cache = qa.decode_caches.get(int(pinputs.input_ids.shape[1]) + new_tokens)
             held -= cache_bytes(cache)
         clock = _Clock()
-        with qwen3_vl.generation_attention(torch.device("cuda")):
+        with _attention(mode):
             model.generate(**pinputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            do_sample=False, streamer=clock, **kwargs)  # fmt: skip
         torch.cuda.synchronize()
@@ -82,7 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     qa = VideoQA.random_weights(args.size, max_pixels_per_frame=1024 * 32 * 32)
     for mode in args.modes.split(","):
-        qa.decode_caches = DecodeCaches(qa.model) if mode == "static" else None
+        qa.decode_caches = DecodeCaches(qa.model) if mode.startswith("static") else None
+        torch.compiler.reset()  # each mode compiles afresh (the SDPA backend is fixed when traced)
+        qa.model.__dict__.pop("_compiled_call", None)
         if mode == "compiled-layers":  # each decoder layer compiled on its own (its layer_idx is a constant)
             torch._dynamo.config.recompile_limit = 4 * len(qa.model.model.language_model.layers)
             for layer in qa.model.model.language_model.layers:

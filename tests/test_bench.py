@@ -9,7 +9,7 @@ import torch
 
 from vcast import VCastConfig, bench
 from vcast.core import total_budget
-from vcast.models.decode import DEFAULT_CACHE_BUCKET
+from vcast.models import decode
 
 
 def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
@@ -44,12 +44,12 @@ def test_bench_refuses_real_sizes_without_a_gpu(tmp_path):
 
 
 def test_bench_interleaves_the_methods_and_reuses_one_static_cache_per_length(tmp_path, monkeypatch):
-    order, passes = [], []
+    order, passes, originals = [], [], {}
     one_pass = bench._one_pass
 
     def spy(qa, inputs, ratio, new_tokens):
         order.append(ratio)
-        generate = qa.model.generate
+        generate = originals.setdefault(id(qa.model), qa.model.generate)  # not the previous pass's spy
 
         def generate_spy(**kwargs):
             cache = kwargs["past_key_values"]
@@ -61,11 +61,14 @@ def test_bench_interleaves_the_methods_and_reuses_one_static_cache_per_length(tm
         return one_pass(qa, inputs, ratio, new_tokens)
 
     monkeypatch.setattr(bench, "_one_pass", spy)
-    bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5", "--runs", "2", "--new-tokens", "3",
+    monkeypatch.setattr(decode, "DEFAULT_CACHE_BUCKET", 1)  # no rounding: each method its own length
+    bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5,0.25", "--runs", "2", "--new-tokens", "3",
                 "--compile-decode", "--out", str(tmp_path / "b.json")])  # fmt: skip
-    assert order == [None, 0.5] + [None, 0.5] * 2  # a warm-up of each method, then rounds of both
+    methods = [None, 0.5, 0.25]
+    assert order == methods * 3  # a warm-up of each method, then rounds of all
     for _ratio, _cache, cache_length, filled, prompt_length in passes:
-        assert cache_length == -(-(prompt_length + 3) // DEFAULT_CACHE_BUCKET) * DEFAULT_CACHE_BUCKET
+        assert cache_length == prompt_length + 3
         assert filled == 0  # handed over empty
-    for ratio in (None, 0.5):  # every pass of a method decodes into the same cache object
+    assert len({length for _, _, length, *_ in passes}) == 3
+    for ratio in methods:  # every pass of a method decodes into the same cache object: none was dropped
         assert len({id(cache) for r, cache, *_ in passes if r == ratio}) == 1

@@ -40,10 +40,12 @@ class DecodeCaches:
 
     `get(tokens)` returns an empty `StaticCache` of at least `tokens` slots (prompt + new
     tokens), rounded up to a multiple of `bucket`; the same object for every request of that
-    bucket. At most `kept` caches are held; the least recently used one is dropped first.
+    bucket. At most `kept` caches are held; the least recently used one is dropped first (and a
+    request of its length then records its graphs again): keep one per method that alternates.
     """
 
-    def __init__(self, model, *, bucket: int = DEFAULT_CACHE_BUCKET, kept: int = DEFAULT_CACHES_KEPT):
+    def __init__(self, model, *, bucket: int | None = None, kept: int = DEFAULT_CACHES_KEPT):
+        bucket = DEFAULT_CACHE_BUCKET if bucket is None else bucket
         if bucket < 1 or kept < 1:
             raise ValueError(f"DecodeCaches needs bucket >= 1 and kept >= 1, got {bucket} and {kept}")
         self.text_config = model.config.get_text_config(decoder=True)
