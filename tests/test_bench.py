@@ -43,7 +43,8 @@ def test_bench_refuses_real_sizes_without_a_gpu(tmp_path):
         bench.main(["--sizes", "8B", "--out", str(tmp_path / "b.json")])
 
 
-def test_bench_interleaves_the_methods_and_reuses_one_static_cache_per_length(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep", [False, True], ids=["new-cache-per-pass", "kept-caches"])
+def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(tmp_path, monkeypatch, keep):
     order, passes, originals = [], [], {}
     one_pass = bench._one_pass
 
@@ -62,13 +63,24 @@ def test_bench_interleaves_the_methods_and_reuses_one_static_cache_per_length(tm
 
     monkeypatch.setattr(bench, "_one_pass", spy)
     monkeypatch.setattr(decode, "DEFAULT_CACHE_BUCKET", 1)  # no rounding: each method its own length
+    options = ["--compile-decode", *(["--keep-decode-caches"] if keep else []), "--out", str(tmp_path / "b.json")]
     bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5,0.25", "--runs", "2", "--new-tokens", "3",
-                "--compile-decode", "--out", str(tmp_path / "b.json")])  # fmt: skip
+                *options])  # fmt: skip
     methods = [None, 0.5, 0.25]
     assert order == methods * 3  # a warm-up of each method, then rounds of all
     for _ratio, _cache, cache_length, filled, prompt_length in passes:
         assert cache_length == prompt_length + 3
         assert filled == 0  # handed over empty
     assert len({length for _, _, length, *_ in passes}) == 3
-    for ratio in methods:  # every pass of a method decodes into the same cache object: none was dropped
-        assert len({id(cache) for r, cache, *_ in passes if r == ratio}) == 1
+    for ratio in methods:
+        caches = {id(cache) for r, cache, *_ in passes if r == ratio}
+        # kept: every pass of a method decodes into the same cache object, none was dropped;
+        # otherwise each pass has a new one (the spy keeps them alive, so ids are not reused)
+        assert len(caches) == (1 if keep else 3)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["meta"]["decode"].startswith("static caches (" + ("one kept" if keep else "a new one per pass"))
+
+
+def test_bench_keep_decode_caches_needs_compile_decode(tmp_path):
+    with pytest.raises(SystemExit, match="--keep-decode-caches goes with --compile-decode"):
+        bench.main(["--sizes", "tiny", "--keep-decode-caches", "--out", str(tmp_path / "b.json")])

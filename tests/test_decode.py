@@ -24,7 +24,7 @@ def test_cache_lengths_round_up_to_the_bucket(caches):
     assert [caches.length_for(n) for n in (1, 63, 64, 65, 200)] == [64, 64, 64, 128, 256]
     with pytest.raises(ValueError, match="at least one slot"):
         caches.length_for(0)
-    with pytest.raises(ValueError, match="bucket >= 1 and kept >= 1"):
+    with pytest.raises(ValueError, match="bucket >= 1 and kept >= 0"):
         DecodeCaches(tiny_model(), bucket=0)
 
 
@@ -48,21 +48,33 @@ def test_the_same_cache_comes_back_empty_for_its_bucket_and_the_oldest_is_droppe
     assert caches.lengths() == [128, 192] and caches.get(64) is not first
 
 
+def test_by_default_every_pass_gets_a_new_cache_and_none_is_held():
+    caches = DecodeCaches(tiny_model(), bucket=64)
+    first, second = caches.get(50), caches.get(50)
+    assert first is not second and first.get_max_length() == second.get_max_length() == 64
+    assert caches.lengths() == [] and caches.held_bytes() == 0
+    with pytest.raises(ValueError, match="kept >= 0"):
+        DecodeCaches(tiny_model(), kept=-1)
+
+
 def _answers(qa: VideoQA, clip, question: str, **kwargs):
     result = qa.answer(clip, question, max_new_tokens=8, **kwargs)
     return result.pruned.token_ids, result.full.token_ids
 
 
-def test_static_caches_answer_exactly_like_the_dynamic_cache_across_requests():
+@pytest.mark.parametrize("kept", [0, 2])
+def test_static_caches_answer_exactly_like_the_dynamic_cache_across_requests(kept):
     dynamic, static = VideoQA.tiny(seed=3), VideoQA.tiny(seed=3, compile_decode=True)
-    assert dynamic.decode_caches is None
+    assert dynamic.decode_caches is None and static.decode_caches.kept == 0  # the default: nothing held
+    static.decode_caches = DecodeCaches(static.model, kept=kept)
     short, long = synthetic_clip(4, 64, 96), synthetic_clip(8, 96, 128)
     requests = [(short, "What moves?", {}), (long, "Describe it.", {"config": VCastConfig(retain_ratio=0.5)}),
                 (short, "What moves?", {})]  # fmt: skip
     for clip, question, kwargs in requests:
         assert _answers(static, clip, question, **kwargs) == _answers(dynamic, clip, question, **kwargs)
-    # Each pass decoded into a cache of its rounded length: here all fit one bucket, kept and reused.
-    assert static.decode_caches.lengths() == [DEFAULT_CACHE_BUCKET]
+    # Each pass decoded into a cache of its rounded length: here all fit one bucket, so with
+    # kept caches one cache served every pass (emptied each time).
+    assert static.decode_caches.lengths() == ([DEFAULT_CACHE_BUCKET] if kept else [])
 
 
 def test_from_pretrained_passes_compile_decode_on():

@@ -34,7 +34,7 @@ import torch
 from .config import VCastConfig
 from .core import select_tokens
 from .models import qwen3_vl
-from .models.decode import DecodeCaches, cache_bytes
+from .models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from .pipeline import VideoQA
 from .video import VideoClip
 
@@ -267,8 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--vision-chunk-patches", type=int, default=qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
-                        help="decode from static KV caches kept across passes, which generate() compiles into CUDA "
-                        "graphs (VideoQA's compile_decode)")  # fmt: skip
+                        help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
+                        "compile_decode: a new cache per pass)")  # fmt: skip
+    parser.add_argument("--keep-decode-caches", action="store_true",
+                        help="with --compile-decode: keep one cache per method across passes (DecodeCaches(kept=N)); "
+                        "no recording again, but each cache is held through the other passes' vision")  # fmt: skip
     parser.add_argument("--out", default="results/bench.json")
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
@@ -286,15 +289,19 @@ def main(argv: list[str] | None = None) -> None:
             "transformers": transformers.__version__, "python": platform.python_version(),
             "date": date.today().isoformat(), "attn": args.attn, "runs": args.runs, "new_tokens": args.new_tokens,
             "command": "python -m vcast.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
-    meta["decode"] = ("static caches kept across passes, compiled by generate (CUDA graphs)" if args.compile_decode
-                      else "dynamic cache, eager")  # fmt: skip
+    if args.keep_decode_caches and not args.compile_decode:
+        raise SystemExit("--keep-decode-caches goes with --compile-decode")
+    meta["decode"] = "dynamic cache, eager"
+    if args.compile_decode:
+        held = "one kept per method across passes" if args.keep_decode_caches else "a new one per pass"
+        meta["decode"] = f"static caches ({held}, lengths rounded up to {DEFAULT_CACHE_BUCKET}), compiled by generate"
     meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
     meta["vision_chunk_patches"] = args.vision_chunk_patches
     meta["order"] = "a warm-up pass per method, then rounds running each method once (interleaved)"
     rows: list[Row] = []
     for size in sizes:
         qa = _model(size, args)
-        if qa.decode_caches is not None:  # one cache per method: each round alternates all of them
+        if qa.decode_caches is not None and args.keep_decode_caches:  # one per method: each round alternates all
             qa.decode_caches = DecodeCaches(qa.model, kept=1 + len(ratios))
         for frames, height, width in videos:
             video_rows = measure_video(qa, size, frames, height, width, ratios, args.runs, args.new_tokens)

@@ -239,11 +239,12 @@ class VideoQA:
         compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
         the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
         string names the torch.compile mode (e.g. "reduce-overhead" for CUDA graphs).
-        compile_decode: decode from static KV caches kept across requests (`vcast.models.decode`),
-        which transformers' generate compiles into CUDA graphs on a GPU: each decode step is then
-        bound by the GPU, where V-CAST's shorter cache pays, rather than by the host's Python. Each
-        new cache length (rounded up to 512 tokens) pays a compilation or graph recording once, and
-        the caches (one per method) stay allocated between requests. On the CPU the caches are
+        compile_decode: decode from static KV caches (`vcast.models.decode`), which transformers'
+        generate compiles into CUDA graphs on a GPU: each decode step is then bound by the GPU,
+        where V-CAST's shorter cache pays, rather than by the host's Python. Cache lengths are
+        rounded up to 512 tokens; the first request pays a compilation, a new length a graph
+        recording. Each pass's cache is freed with it; `self.decode_caches =
+        DecodeCaches(model, kept=2)` keeps them across requests instead. On the CPU the caches are
         used without compilation.
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         """

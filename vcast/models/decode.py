@@ -1,4 +1,4 @@
-"""Compiled decoding: static KV caches that outlive one request, so generate's CUDA graphs do too.
+"""Compiled decoding: static KV caches of a few rounded lengths, which generate compiles into CUDA graphs.
 
 transformers' `generate` compiles the model's decode step (torch.compile, mode "reduce-overhead":
 CUDA graphs) whenever it is handed a static cache on a GPU. A step is then one graph replay
@@ -6,11 +6,17 @@ instead of about two thousand kernel launches from Python, and its time is set b
 the weights it reads, and a KV cache that V-CAST makes 3-5x shorter. With the default dynamic
 cache the host's Python sets the pace, the same for every cache length.
 
-The graphs hold the addresses of the cache tensors they were recorded with: a new cache object
-for every request would mean a new recording (or a recompilation) every time. `DecodeCaches`
-keeps a few caches, one per length rounded up to `bucket` tokens, and hands the same one back,
-emptied, for every request of that length. Padding a cache costs no correctness (its unused
-slots are masked) and little time; the bucket keeps the number of recorded lengths small.
+`DecodeCaches` sizes each pass's cache to its prompt plus new tokens, rounded up to `bucket`
+tokens, so that requests of similar length share one compiled shape (padding costs no
+correctness: the unused slots are masked). Two ways to hold the caches, measured on an H200
+(docs/BENCHMARKS.md, section 4.5):
+- `kept=0` (VideoQA's default): a new cache for every pass, allocated when generation starts and
+  freed when it ends, so memory behaves like the dynamic cache's. A recorded graph is replayed
+  when the new cache lands at the old one's address (the caching allocator usually hands the
+  same block back for the same size) and recorded again otherwise.
+- `kept=N`: the last N caches stay allocated, and each comes back emptied for its length: no
+  recording again, slightly faster decoding, but the caches also sit in memory while the next
+  request's vision tower runs (a serving engine's trade-off).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from transformers import StaticCache
 
 DEFAULT_CACHE_BUCKET = 512  # tokens; a cache is at most this much longer than its request needs
-DEFAULT_CACHES_KEPT = 2  # one for V-CAST's length, one for the unpruned pass's
+DEFAULT_CACHES_KEPT = 0  # none: each pass's cache is freed with it
 
 
 def cache_bytes(cache) -> int:
@@ -36,18 +42,18 @@ def cache_bytes(cache) -> int:
 
 
 class DecodeCaches:
-    """Static KV caches for one model, reused across requests of the same rounded length.
+    """Static KV caches for one model, of lengths rounded up to a multiple of `bucket`.
 
     `get(tokens)` returns an empty `StaticCache` of at least `tokens` slots (prompt + new
-    tokens), rounded up to a multiple of `bucket`; the same object for every request of that
-    bucket. At most `kept` caches are held; the least recently used one is dropped first (and a
-    request of its length then records its graphs again): keep one per method that alternates.
+    tokens). With `kept=0` it is a new cache each time, held by nobody else. With `kept=N` the
+    N most recently used caches are kept, one per rounded length, and the same object comes
+    back for its length; keep one per method that alternates (V-CAST and unpruned: 2).
     """
 
     def __init__(self, model, *, bucket: int | None = None, kept: int = DEFAULT_CACHES_KEPT):
         bucket = DEFAULT_CACHE_BUCKET if bucket is None else bucket
-        if bucket < 1 or kept < 1:
-            raise ValueError(f"DecodeCaches needs bucket >= 1 and kept >= 1, got {bucket} and {kept}")
+        if bucket < 1 or kept < 0:
+            raise ValueError(f"DecodeCaches needs bucket >= 1 and kept >= 0, got {bucket} and {kept}")
         self.text_config = model.config.get_text_config(decoder=True)
         self.bucket, self.kept = bucket, kept
         self._caches: OrderedDict[int, StaticCache] = OrderedDict()
@@ -60,6 +66,8 @@ class DecodeCaches:
 
     def get(self, tokens: int) -> StaticCache:
         length = self.length_for(tokens)
+        if self.kept == 0:
+            return StaticCache(config=self.text_config, max_cache_len=length)
         cache = self._caches.pop(length, None)
         if cache is None:
             while len(self._caches) >= self.kept:
