@@ -114,6 +114,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=int, default=os.environ.get("VCAST_MAX_QUEUE", str(MAX_QUEUE_SIZE)),
                         help="requests that may wait for the model; more are refused with 'busy, try again' "
                              f"(default: VCAST_MAX_QUEUE, else {MAX_QUEUE_SIZE})")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        default=os.environ.get("VCAST_COMPILE", "").lower() in ("1", "true"),
+                        help="on a GPU, compile the vision tower and the decode step (CUDA graphs): faster answers, "
+                             "V-CAST's shorter KV cache shows in tokens/s; each new video shape pays a compilation "
+                             "once (default: VCAST_COMPILE; not on ZeroGPU)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -147,11 +152,15 @@ def _with_limits(qa: VideoQA) -> VideoQA:
     return qa
 
 
-def _load(model_id: str) -> VideoQA:
+def _load(model_id: str, *, compile_model: bool = False) -> VideoQA:
+    """Load `model_id`; `compile_model` (app's --compile) compiles the vision tower and the decode step on
+    a GPU. On ZeroGPU each call runs in a fresh process, which would pay the compilation every time."""
     if model_id == TINY_MODEL_ID:
         return _with_limits(VideoQA.tiny())
-    # On ZeroGPU the GPU is attached per call; `spaces` makes .to("cuda") at start-up valid.
-    qa = _with_limits(VideoQA.from_pretrained(model_id, **({"device_map": "cuda"} if ON_ZERO_GPU else {})))
+    options = {"device_map": "cuda"} if ON_ZERO_GPU else {}  # there the GPU is attached per call
+    if compile_model and not ON_ZERO_GPU and torch.cuda.is_available():
+        options.update(compile_vision=True, compile_decode=True)
+    qa = _with_limits(VideoQA.from_pretrained(model_id, **options))
     if not ON_ZERO_GPU:  # there the GPU only exists inside a call
         warm_up(qa)
     return qa
@@ -178,7 +187,9 @@ _REAL_MODEL_HOWTO = (
 )
 
 
-def load_startup_model(requested: str | None, *, hub_ok: bool, gpu_gib: float) -> tuple[VideoQA, str | None]:
+def load_startup_model(
+    requested: str | None, *, hub_ok: bool, gpu_gib: float, compile_model: bool = False
+) -> tuple[VideoQA, str | None]:
     """The model to serve and the banner (Markdown) that says how the app is degraded, or None.
 
     Without a request: the default for this GPU where the hub is reachable, else the tiny model. A requested
@@ -186,7 +197,7 @@ def load_startup_model(requested: str | None, *, hub_ok: bool, gpu_gib: float) -
     """
     model_id = requested or (default_model_id(gpu_gib) if hub_ok else TINY_MODEL_ID)
     try:
-        qa = _load(model_id)
+        qa = _load(model_id, compile_model=compile_model)
     except ModelError as err:
         logger.error("could not load %s, serving the tiny random model instead: %s", model_id, err)
         return _load(TINY_MODEL_ID), f"⚠️ **{err}** The app runs the tiny random model instead. {_TINY_NOTE}"
@@ -209,8 +220,9 @@ def free_memory() -> None:
 class ModelSlot:
     """The one loaded model. Picking another model in the UI swaps it (one at a time: they share the GPU)."""
 
-    def __init__(self, qa: VideoQA):
+    def __init__(self, qa: VideoQA, *, compile_model: bool = False):
         self.qa: VideoQA | None = qa
+        self.compile_model = compile_model
         self._lock = threading.Lock()
 
     @property
@@ -222,7 +234,7 @@ class ModelSlot:
             if self.qa is None or self.qa.model_id != model_id:
                 self.qa = None  # free the old weights before the new ones arrive
                 free_memory()
-                self.qa = _load(model_id)
+                self.qa = _load(model_id, compile_model=self.compile_model)
             return self.qa
 
 
@@ -244,8 +256,8 @@ if __name__ == "__main__":
     own_upload_folder()
 HUB_OK = hub_reachable()
 GPU_GIB = gpu_memory_gib()
-_startup_qa, BANNER = load_startup_model(ARGS.model, hub_ok=HUB_OK, gpu_gib=GPU_GIB)
-MODELS = ModelSlot(_startup_qa)
+_startup_qa, BANNER = load_startup_model(ARGS.model, hub_ok=HUB_OK, gpu_gib=GPU_GIB, compile_model=ARGS.compile)
+MODELS = ModelSlot(_startup_qa, compile_model=ARGS.compile)
 MODEL_ID = _startup_qa.model_id
 MODEL_CHOICES = model_choices(MODEL_ID, hub_ok=HUB_OK, gpu_gib=GPU_GIB)
 DEFAULT_FRAMES = 32 if GPU_GIB > 0 else 16

@@ -80,6 +80,25 @@ def test_the_server_binds_to_localhost_unless_told_otherwise(app):
     assert app.parse_args(["--host", "0.0.0.0", "--port", "7870", "--model", "tiny"]).host == "0.0.0.0"
 
 
+def test_compile_is_off_unless_asked_by_flag_or_environment(app, monkeypatch):
+    assert app.parse_args([]).compile is False
+    assert app.parse_args(["--compile"]).compile is True
+    monkeypatch.setenv("VCAST_COMPILE", "1")
+    assert app.parse_args([]).compile is True
+
+
+def test_a_local_checkpoint_loads_compiled_only_on_a_gpu(app, tmp_path):
+    from vcast.models.tiny import tiny_model, tiny_processor
+
+    tiny_model().save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    qa, banner = app.load_startup_model(str(tmp_path), hub_ok=False, gpu_gib=0.0, compile_model=True)
+    assert qa.model_id == str(tmp_path) and not qa.is_tiny
+    on_gpu = qa.device.type == "cuda"
+    assert (qa.decode_caches is not None) == on_gpu  # CUDA graphs need a GPU; on the CPU nothing is compiled
+    assert (banner is None) == on_gpu  # the CPU banner still says what runs where
+
+
 def test_run_streams_the_vcast_answer_then_the_unpruned_one(app, updates):
     answers = [u for u in updates if app.vcast_answer in u]
     first, *streamed, last = answers
