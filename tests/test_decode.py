@@ -1,5 +1,5 @@
-"""Compiled decoding (`vcast.models.decode`, VideoQA's compile_decode): static KV caches kept
-across requests answer exactly like the default dynamic cache."""
+"""Compiled decoding (`vcast.models.decode`, VideoQA's compile_decode): static KV caches, new per
+pass or kept across requests, answer exactly like generate's default dynamic cache."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import threading
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from vcast import VCastConfig
 from vcast.bench import synthetic_clip
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from vcast.models.tiny import tiny_config, tiny_model, tiny_processor
-from vcast.pipeline import VideoQA
+from vcast.pipeline import ModelError, VideoQA
 
 
 @pytest.fixture(scope="module")
@@ -62,24 +63,60 @@ def _answers(qa: VideoQA, clip, question: str, **kwargs):
     return result.pruned.token_ids, result.full.token_ids
 
 
-@pytest.mark.parametrize("kept", [0, 2])
-def test_static_caches_answer_exactly_like_the_dynamic_cache_across_requests(kept):
+@pytest.mark.parametrize("kept", [0, 4])
+def test_static_caches_answer_exactly_like_the_dynamic_cache_across_requests(kept, monkeypatch):
     dynamic, static = VideoQA.tiny(seed=3), VideoQA.tiny(seed=3, compile_decode=True)
     assert dynamic.decode_caches is None and static.decode_caches.kept == 0  # the default: nothing held
-    static.decode_caches = DecodeCaches(static.model, kept=kept)
+    assert static.decode_caches.bucket == DEFAULT_CACHE_BUCKET
+    static.decode_caches = DecodeCaches(static.model, kept=kept, bucket=1)  # each pass its exact length
+    handed, generate = [], static.model.generate
+
+    def spy(**kwargs):
+        handed.append((kwargs["past_key_values"], kwargs["input_ids"].shape[1]))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(static.model, "generate", spy)
     short, long = synthetic_clip(4, 64, 96), synthetic_clip(8, 96, 128)
     requests = [(short, "What moves?", {}), (long, "Describe it.", {"config": VCastConfig(retain_ratio=0.5)}),
                 (short, "What moves?", {})]  # fmt: skip
     for clip, question, kwargs in requests:
         assert _answers(static, clip, question, **kwargs) == _answers(dynamic, clip, question, **kwargs)
-    # Each pass decoded into a cache of its rounded length: here all fit one bucket, so with
-    # kept caches one cache served every pass (emptied each time).
-    assert static.decode_caches.lengths() == ([DEFAULT_CACHE_BUCKET] if kept else [])
+    assert len(handed) == 6  # both passes of every request decoded into a static cache of prompt + 8 slots
+    assert all(isinstance(c, StaticCache) and c.get_max_length() == prompt + 8 for c, prompt in handed)
+    lengths = [c.get_max_length() for c, _ in handed]
+    # The third request repeats the first: kept caches hand the same objects back, else new ones.
+    assert [c is d for (c, _), (d, _) in zip(handed[:2], handed[4:], strict=True)] == [bool(kept)] * 2
+    assert static.decode_caches.lengths()[-2:] == (lengths[-2:] if kept else [])
 
 
-def test_from_pretrained_passes_compile_decode_on():
-    qa = VideoQA.from_pretrained("tiny", compile_decode=True)
-    assert isinstance(qa.decode_caches, DecodeCaches)
+def test_options_that_need_another_cache_are_refused_with_compile_decode():
+    qa = VideoQA.tiny(compile_decode=True)
+    clip = synthetic_clip(4, 64, 96)
+    refused = [({"num_beams": 2}, "num_beams > 1"), ({"num_return_sequences": 2}, "num_return_seq"),
+               ({"cache_implementation": "static"}, "cache_implementation cannot be passed")]  # fmt: skip
+    for options, message in refused:
+        with pytest.raises(ValueError, match=message):
+            qa.answer(clip, "What moves?", max_new_tokens=2, **options)
+
+
+def test_out_of_memory_drops_the_kept_caches(monkeypatch):
+    qa = VideoQA.tiny(compile_decode=True)
+    qa.decode_caches = DecodeCaches(qa.model, kept=2)
+    clip = synthetic_clip(4, 64, 96)
+    qa.answer(clip, "What moves?", max_new_tokens=2)
+    assert qa.decode_caches.lengths()
+    monkeypatch.setattr(qa.model, "generate", lambda **kwargs: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(ModelError, match="ran out of memory"):
+        qa.answer(clip, "What moves?", max_new_tokens=2)
+    assert qa.decode_caches.lengths() == []
+
+
+def test_from_pretrained_passes_compile_decode_on_for_hub_folders_and_tiny(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    tiny_processor().save_pretrained(tmp_path)
+    for model_id in (str(tmp_path), "tiny"):
+        assert isinstance(VideoQA.from_pretrained(model_id, compile_decode=True).decode_caches, DecodeCaches)
+        assert VideoQA.from_pretrained(model_id).decode_caches is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="generate compiles the decode step only on a GPU")

@@ -142,6 +142,7 @@ def test_cli_answers_end_to_end_on_the_tiny_model_as_json(clip_path):
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["model"] == "tiny" and record["config"]["retain_ratio"] == 0.3
+    assert record["compiled_decode"] is True  # --compile-decode reached the VideoQA
     assert len(record["budgets"]) == 4 == record["grid_thw"][0]  # 8 frames -> 4 groups
     assert record["vcast"]["metrics"]["visual_tokens_kept"] < record["full"]["metrics"]["visual_tokens_kept"]
 
@@ -214,6 +215,14 @@ def test_a_failed_vision_compilation_names_the_option_to_turn_off(qa, clip_path,
     failure = torch._dynamo.exc.TorchDynamoException("backend='inductor' raised: no C++ compiler found\nmore")
     monkeypatch.setattr(qwen3_vl, "encode_video", _raise_once(failure, qwen3_vl.encode_video))
     with pytest.raises(ModelError, match=r"Compiling the vision tower failed .*no C\+\+ compiler found\); run without"):
+        qa.answer(clip_path, "What happens?", max_new_tokens=2)
+    assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).pruned.token_ids) == 2
+
+
+def test_a_failed_decode_compilation_names_the_options_to_turn_off(qa, clip_path, monkeypatch):
+    failure = torch._dynamo.exc.TorchDynamoException("backend='inductor' raised: out of resources\nmore")
+    monkeypatch.setattr(qa.model, "generate", _raise_once(failure, qa.model.generate))
+    with pytest.raises(ModelError, match=r"Compiling the decode step failed .*out of resources\); run without"):
         qa.answer(clip_path, "What happens?", max_new_tokens=2)
     assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).pruned.token_ids) == 2
 

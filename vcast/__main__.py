@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result_record(result), indent=2))
+        print(json.dumps({**result_record(result), "compiled_decode": qa.decode_caches is not None}, indent=2))
     else:
         print("\n")
         _print_metrics(result)

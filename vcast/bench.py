@@ -144,10 +144,10 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict
         clock.mark("selection")
         cache = None
         if qa.decode_caches is not None:
-            # The same static cache (and CUDA graphs) as every earlier pass of this length. Allocated
-            # by an earlier pass, it is inside `held` but is this pass's memory all the same. The
-            # timed prefill writes into it, as generate's prefill does: a dynamic cache beside it
-            # would count a second cache in the peak.
+            # A new static cache, or with --keep-decode-caches the one every earlier pass of this
+            # length used (allocated then, so inside `held`, but this pass's memory all the same).
+            # The timed prefill writes into it, as generate's prefill does: a dynamic cache beside
+            # it would count a second cache in the peak.
             cache = qa.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
             if cuda:
                 held -= cache_bytes(cache)

@@ -211,6 +211,17 @@ def _rss_bytes() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
 
+def _check_static_cache_options(generation_kwargs: dict) -> None:
+    """compile_decode hands generate one static cache of batch 1: refuse what needs another cache."""
+    for name in ("past_key_values", "cache_implementation"):
+        if name in generation_kwargs:
+            raise ValueError(f"{name} cannot be passed with compile_decode, which provides the KV cache itself")
+    for name in ("num_beams", "num_return_sequences"):
+        if generation_kwargs.get(name, 1) != 1:
+            raise ValueError(f"{name} > 1 needs several KV cache rows; compile_decode's cache has one. "
+                             "Use a VideoQA without compile_decode.")  # fmt: skip
+
+
 class VideoQA:
     """A Qwen3-VL model and processor, loaded once, answering questions about videos.
 
@@ -242,10 +253,11 @@ class VideoQA:
         compile_decode: decode from static KV caches (`vcast.models.decode`), which transformers'
         generate compiles into CUDA graphs on a GPU: each decode step is then bound by the GPU,
         where V-CAST's shorter cache pays, rather than by the host's Python. Cache lengths are
-        rounded up to 512 tokens; the first request pays a compilation, a new length a graph
-        recording. Each pass's cache is freed with it; `self.decode_caches =
-        DecodeCaches(model, kept=2)` keeps them across requests instead. On the CPU the caches are
-        used without compilation.
+        rounded up to 256 tokens; the first request pays a compilation, the second length a
+        recompilation with symbolic lengths, and each new length a graph recording. Each pass's
+        cache is freed with it; `self.decode_caches = DecodeCaches(model, kept=2)` keeps them across
+        requests instead (the reported peak memory then includes them). Greedy or sampled decoding
+        of one sequence only (no beams). On the CPU the caches are used without compilation.
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         """
         qwen3_vl.check_supported(model)
@@ -390,6 +402,8 @@ class VideoQA:
             raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
         if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
+        if self.decode_caches is not None:
+            _check_static_cache_options(generation_kwargs)
         cancel = cancel or threading.Event()
         clip = video if isinstance(video, VideoClip) else read_video(video, num_frames=num_frames)
         stage = ["preparing the frames"]  # the step under way, for the out-of-memory message
@@ -400,7 +414,7 @@ class VideoQA:
             self._free_memory()
             raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
         except torch._dynamo.exc.TorchDynamoException as err:  # compiling on a machine that cannot compile
-            what = "the vision tower" if stage[0] == "encoding the frames" else "the model"
+            what = "the vision tower" if stage[0] == "encoding the frames" else "the decode step"
             raise ModelError(
                 f"Compiling {what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                 "run without compile_vision / compile_decode (--compile-vision / --compile-decode)."
@@ -547,10 +561,8 @@ class VideoQA:
             kwargs.setdefault("temperature", None)
             kwargs.setdefault("top_p", None)
             kwargs.setdefault("top_k", None)
-        cache = None
         if self.decode_caches is not None:
-            cache = self.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + max_new_tokens)
-            kwargs["past_key_values"] = cache
+            kwargs["past_key_values"] = self.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + max_new_tokens)
         self._reset_peak()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -565,10 +577,7 @@ class VideoQA:
         new_tokens = len(streamer.token_ids)
         prefill_ms = (first - start) * 1000.0
         decode_s = end - first
-        peak = max(vision_peak, self._peak_memory(streamer.peak_rss))
-        if cache is not None and self.device.type == "cuda":
-            # The other pass's cache, kept for the next request, is not this pass's memory.
-            peak -= self.decode_caches.held_bytes(besides=cache) / 2**20
+        peak = max(vision_peak, self._peak_memory(streamer.peak_rss))  # with kept caches, they count too
         metrics = PassMetrics(
             visual_tokens_in=visual_tokens_in,
             visual_tokens_kept=pass_inputs.num_visual_tokens,

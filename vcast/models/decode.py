@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 from transformers import StaticCache
 
-DEFAULT_CACHE_BUCKET = 512  # tokens; a cache is at most this much longer than its request needs
+DEFAULT_CACHE_BUCKET = 256  # tokens; a cache is at most this much longer than its request needs
 DEFAULT_CACHES_KEPT = 0  # none: each pass's cache is freed with it
 
 
