@@ -30,25 +30,32 @@ def frame(i: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
 
 def write_video(
     path: Path,
-    frames: list[np.ndarray],
+    frames: list[np.ndarray] | np.ndarray,
     *,
     fps: int = 10,
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     pts_ms: list[int] | None = None,
     rotation: int | None = None,
+    hflip: bool = False,
+    fmt: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> Path:
-    """Encode (H, W, 3) uint8 RGB frames with PyAV; pts_ms gives each frame's time (a variable frame rate);
-    rotation writes display-rotation metadata (degrees counter-clockwise, as PyAV takes it)."""
-    with av.open(str(path), "w") as container:
+    """Encode (H, W, 3) uint8 RGB frames (a list or an (N, H, W, 3) array) with PyAV. pts_ms gives each
+    frame's time (a variable frame rate); rotation and hflip write display-matrix metadata (degrees
+    counter-clockwise, as PyAV takes them); fmt names the container; options are the encoder's (for
+    libx264 the default is the ultrafast preset)."""
+    with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
-        if codec == "libx264":
+        if options is not None:
+            stream.options = options
+        elif codec == "libx264":
             stream.options = {"preset": "ultrafast"}
         if pts_ms is not None:
             stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
+        if rotation is not None or hflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip)
         for i, rgb in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             if pts_ms is not None:

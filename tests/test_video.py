@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -46,36 +45,11 @@ def frame_number(frame: np.ndarray) -> int:
     return sum(1 << bit for bit, on in enumerate(bits) if on)
 
 
-def write_video(
-    path: Path,
-    frames: np.ndarray,
-    *,
-    fps: int = 10,
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    pts_ms: list[int] | None = None,
-    rotation: int | None = None,
-    hflip: bool = False,
-    fmt: str | None = None,
-    options: dict[str, str] | None = None,
-) -> Path:
-    """Encode (N, H, W, 3) uint8 RGB frames with PyAV. pts_ms gives each frame's time (variable rate)."""
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        stream.options = {"crf": "12", **(options or {})} if codec == "libx264" else (options or {})
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-            stream.time_base = Fraction(1, 1000)
-        if rotation is not None or hflip:
-            stream.set_display_rotation(rotation or 0, hflip=hflip)
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            if pts_ms is not None:
-                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+def write_video(path: Path, frames: np.ndarray, *, options: dict[str, str] | None = None, **kwargs) -> Path:
+    """`_media.write_video` at high quality (x264 crf 12), so that decoded pixels stay near the originals."""
+    if kwargs.get("codec", "libx264") == "libx264":
+        options = {"crf": "12", **(options or {})}
+    return media.write_video(path, frames, options=options, **kwargs)
 
 
 def numbered_video(path: Path, count: int, **kwargs) -> Path:
