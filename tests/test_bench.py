@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -32,7 +33,12 @@ def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
         assert unpruned["sequence_length"] - r["sequence_length"] == unpruned["visual_tokens"] - r["visual_tokens"]
         assert r["prefill_ms"] == pytest.approx(r["vision_ms"] + r["selection_ms"] + r["llm_prefill_ms"])
         assert r["ttft_ms"] > r["vision_ms"] and r["decode_tokens_per_s"] > 0
-        assert r["peak_above_weights_mb"] is None  # no GPU memory to speak of on the CPU
+        # no GPU memory to speak of on the CPU; on a GPU the phases split the pass's peak
+        phases = [r[f"peak_{phase}_mb"] for phase in ("vision", "prefill", "generate")]
+        if torch.cuda.is_available():
+            assert r["peak_above_weights_mb"] == max(phases) > 0
+        else:
+            assert r["peak_above_weights_mb"] is None and phases == [None, None, None]
     table = capsys.readouterr().out
     assert "| tiny | 6, 128x96 | V-CAST R=0.25 | 9 |" in table
 
@@ -62,8 +68,9 @@ def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(t
         return one_pass(qa, inputs, ratio, new_tokens)
 
     monkeypatch.setattr(bench, "_one_pass", spy)
-    monkeypatch.setattr(decode, "DEFAULT_CACHE_BUCKET", 1)  # no rounding: each method its own length
-    options = ["--compile-decode", *(["--keep-decode-caches"] if keep else []), "--out", str(tmp_path / "b.json")]
+    # no rounding with bucket 1: each method its own length
+    options = ["--compile-decode", "--cache-bucket", "1", *(["--keep-decode-caches"] if keep else []),
+               "--out", str(tmp_path / "b.json")]  # fmt: skip
     bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5,0.25", "--runs", "2", "--new-tokens", "3",
                 *options])  # fmt: skip
     methods = [None, 0.5, 0.25]
@@ -79,6 +86,31 @@ def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(t
         assert len(caches) == (1 if keep else 3)
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["meta"]["decode"].startswith("static caches (" + ("one kept" if keep else "a new one per pass"))
+    assert "lengths rounded up to 1)" in data["meta"]["decode"]
+
+
+def test_bench_rounds_static_caches_to_the_bucket_it_is_given(tmp_path, monkeypatch):
+    lengths = []
+    real_get = decode.DecodeCaches.get
+
+    def get(self, tokens):
+        assert not gc.isenabled()  # paused through each measured pass
+        cache = real_get(self, tokens)
+        lengths.append((tokens, cache.get_max_length()))
+        return cache
+
+    monkeypatch.setattr(decode.DecodeCaches, "get", get)
+    bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5", "--runs", "1", "--new-tokens", "3",
+                "--compile-decode", "--cache-bucket", "7", "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert gc.isenabled()  # and back on afterwards
+    assert len(lengths) == 4 and len({tokens for tokens, _ in lengths}) == 2  # warm-up + 1 round, 2 methods
+    for tokens, length in lengths:
+        assert length % 7 == 0 and tokens <= length < tokens + 7
+
+
+def test_bench_refuses_a_cache_bucket_below_one(tmp_path):
+    with pytest.raises(SystemExit, match="--cache-bucket must be at least 1"):
+        bench.main(["--sizes", "tiny", "--compile-decode", "--cache-bucket", "0", "--out", str(tmp_path / "b.json")])
 
 
 def test_bench_keep_decode_caches_needs_compile_decode(tmp_path):

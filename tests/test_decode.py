@@ -32,19 +32,24 @@ def test_cache_lengths_round_up_to_the_bucket(caches):
 def test_the_same_cache_comes_back_empty_for_its_bucket_and_the_oldest_is_dropped():
     caches = DecodeCaches(tiny_model(), bucket=64, kept=2)
     first = caches.get(50)
-    assert first.get_max_length() == 64 and cache_bytes(first) == 0  # allocated on first use
     text = tiny_config().text_config
-    keys = torch.randn(1, text.num_key_value_heads, 5, text.head_dim)
+    per_layer = 2 * text.num_key_value_heads * 64 * text.head_dim * torch.finfo(caches.dtype).bits // 8
+    # every layer allocated up front, on the model's device, counters included (no upload in the prefill)
+    assert first.get_max_length() == 64 and cache_bytes(first) == text.num_hidden_layers * per_layer
+    for layer in first.layers:
+        assert layer.keys.shape == (1, text.num_key_value_heads, 64, text.head_dim)
+        assert layer.keys.device == layer.cumulative_length.device == caches.device and layer.keys.dtype == caches.dtype
+    keys = torch.randn(1, text.num_key_value_heads, 5, text.head_dim, dtype=caches.dtype)
     for layer in range(text.num_hidden_layers):
         first.update(keys, keys, layer)
     assert int(first.get_seq_length()) == 5
-    per_layer = 2 * text.num_key_value_heads * 64 * text.head_dim * keys.element_size()
     assert cache_bytes(first) == text.num_hidden_layers * per_layer
     again = caches.get(60)
     assert again is first and int(again.get_seq_length()) == 0 and not again.layers[0].keys.any()
     second = caches.get(100)  # another bucket: another cache
     assert second is not first and caches.lengths() == [64, 128]
-    assert caches.held_bytes() == cache_bytes(first) and caches.held_bytes(besides=first) == 0
+    assert cache_bytes(second) == 2 * cache_bytes(first)  # twice the slots
+    assert caches.held_bytes() == 3 * cache_bytes(first) and caches.held_bytes(besides=first) == cache_bytes(second)
     caches.get(129)  # a third length drops the least recently used (64)
     assert caches.lengths() == [128, 192] and caches.get(64) is not first
 

@@ -7,17 +7,20 @@ For each model size and synthetic video (frames x height x width), each method (
 each retain ratio) is measured the way a user meets it: vision tower, selection, LLM prefill, then
 generation of `--new-tokens` tokens. Times are medians of `--runs` rounds, taken with CUDA events,
 after a warm-up pass of each method; each round runs every method once, interleaved, so drift of the
-machine falls on all methods alike. "prefill" = vision + selection + LLM prefill (one forward over the prompt); "TTFT" =
-vision + selection + time to the first generated token through `generate`; decode tokens/s is
+machine falls on all methods alike; Python's garbage collector is paused during each pass.
+"prefill" = vision + selection + LLM prefill (one forward over the prompt); "TTFT" = vision +
+selection + time to the first generated token through `generate`; decode tokens/s is
 measured after the first token. "peak above weights" is torch.cuda.max_memory_allocated during the
-whole pass (vision to the last token) minus the memory held before it (weights). Each pass holds
-only what it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
+whole pass (vision to the last token) minus the memory held before it (weights); the JSON also
+splits it by phase (vision and selection, the timed prefill, generate). Each pass holds only what
+it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
 `--sizes tiny` runs the tiny offline model on the CPU: a smoke test of this script (CI runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import platform
@@ -56,6 +59,14 @@ class Row:
     ttft_ms: float
     decode_tokens_per_s: float
     peak_above_weights_mb: float | None  # None on the CPU
+    # Where the peak falls: the highest memory above weights in each phase of the pass (GPU only)
+    peak_vision_mb: float | None = None  # vision tower and selection, up to the pass inputs
+    peak_prefill_mb: float | None = None  # the timed LLM prefill
+    peak_generate_mb: float | None = None  # generate: its own prefill and the decode steps
+    # Memory held before the method's passes (weights, compiled graphs' pools), lowest and highest:
+    # a growing figure would be a leak between passes
+    held_before_mb: tuple[float, float] | None = None
+    prefill_ms_runs: list[float] | None = None  # each round's prefill, to see spread and outliers
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -120,11 +131,49 @@ class _FirstTokenClock:
         """Nothing to flush: the clock only notes the first token."""
 
 
+def _phase_peak(cuda: bool) -> int | None:
+    """The highest allocated bytes since the last call (or the pass's start), then a new phase.
+    No sync needed: the caching allocator counts on the host, when an allocation is requested."""
+    if not cuda:
+        return None
+    peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def _cublas_workspace(model) -> None:
+    """Makes sure cuBLAS holds its matmul workspace before a pass's memory is taken.
+
+    cuBLAS allocates one workspace per process and stream (about 33 MB on an H200) at the first
+    matmul and keeps it, so in eager use it is part of what the process holds, like the weights.
+    But PyTorch frees it whenever it records or warms up a CUDA graph (compiled decoding does, in
+    generate), and the next pass's first matmul allocates it again: without this, that pass
+    would be charged for a fixed, process-wide buffer that the eager passes never see.
+    """
+    weight = model.model.visual.patch_embed.proj.weight
+    one = torch.ones(8, 8, device=weight.device, dtype=weight.dtype)
+    torch.mm(one, one)
+
+
 def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
-    """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory."""
+    """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory.
+
+    Python's garbage collector runs before the pass and is paused during it, as `timeit` does: a
+    full collection over the compiler's many objects takes tens of milliseconds, and would land
+    in whichever method's timing happened to trip it."""
+    gc.collect()
+    gc.disable()
+    try:
+        return _measured_pass(qa, inputs, ratio, new_tokens)
+    finally:
+        gc.enable()
+
+
+def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
     model, device = qa.model, qa.device
     cuda = device.type == "cuda"
     if cuda:
+        _cublas_workspace(model)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated()
@@ -142,18 +191,22 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict
         if keep is not None:
             del features  # V-CAST holds only its slices from here on
         clock.mark("selection")
+        phase_peaks = {"vision": _phase_peak(cuda)}
         cache = None
         if qa.decode_caches is not None:
             # A new static cache, or with --keep-decode-caches the one every earlier pass of this
             # length used (allocated then, so inside `held`, but this pass's memory all the same).
             # The timed prefill writes into it, as generate's prefill does: a dynamic cache beside
             # it would count a second cache in the peak.
-            cache = qa.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
-            if cuda:
+            tokens = int(pass_inputs.input_ids.shape[1]) + new_tokens
+            kept = qa.decode_caches.length_for(tokens) in qa.decode_caches.lengths()
+            cache = qa.decode_caches.get(tokens)  # allocated now, unless kept
+            if cuda and kept:
                 held -= cache_bytes(cache)
         out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, past_key_values=cache)
         clock.mark("llm_prefill")
         del out
+        phase_peaks["prefill"] = _phase_peak(cuda)
         times = clock.ms()
         if cache is not None:
             cache.reset()
@@ -169,15 +222,24 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict
         if cuda:
             torch.cuda.synchronize()
         end = time.perf_counter()
+        phase_peaks["generate"] = _phase_peak(cuda)
+    peaks = {f"peak_{name}_mb": None if peak is None else (peak - held) / 2**20 for name, peak in phase_peaks.items()}
     return {
         **times,
+        **peaks,
+        "held_before_mb": held / 2**20 if cuda else None,
         "first_token_ms": (first_token.first - start) * 1000.0,
         "decode_tokens_per_s": (new_tokens - 1) / (end - first_token.first),
         # GPU memory only: on the CPU the process's memory says nothing about one pass.
-        "peak_above_weights_mb": (torch.cuda.max_memory_allocated() - held) / 2**20 if cuda else None,
+        "peak_above_weights_mb": max(peaks.values()) if cuda else None,
         "visual_tokens": pass_inputs.num_visual_tokens,
         "sequence_length": int(pass_inputs.input_ids.shape[1]),
     }
+
+
+def _present(passes: list[dict], key: str) -> list[float]:
+    """The pass values of `key` that were measured (GPU memory figures are None on the CPU)."""
+    return [r[key] for r in passes if r[key] is not None]
 
 
 def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, ratios: list[float],
@@ -202,14 +264,21 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             return statistics.median(r[key] for r in passes)
 
         vision, selection, llm = med("vision"), med("selection"), med("llm_prefill")
-        peaks = [r["peak_above_weights_mb"] for r in passes if r["peak_above_weights_mb"] is not None]
+
+        def most(key: str, passes=passes) -> float | None:
+            values = _present(passes, key)
+            return max(values) if values else None
+
         rows.append(Row(
             size=size, frames=frames, height=height, width=width,
             method="unpruned" if ratio is None else "vcast", retain_ratio=1.0 if ratio is None else ratio,
             visual_tokens=passes[0]["visual_tokens"], sequence_length=passes[0]["sequence_length"],
             vision_ms=vision, selection_ms=selection, llm_prefill_ms=llm, prefill_ms=vision + selection + llm,
             ttft_ms=vision + selection + med("first_token_ms"), decode_tokens_per_s=med("decode_tokens_per_s"),
-            peak_above_weights_mb=max(peaks) if peaks else None,
+            peak_above_weights_mb=most("peak_above_weights_mb"), peak_vision_mb=most("peak_vision_mb"),
+            peak_prefill_mb=most("peak_prefill_mb"), peak_generate_mb=most("peak_generate_mb"),
+            prefill_ms_runs=[r["vision"] + r["selection"] + r["llm_prefill"] for r in passes],
+            held_before_mb=(min(held), max(held)) if (held := _present(passes, "held_before_mb")) else None,
         ))  # fmt: skip
     return rows
 
@@ -269,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
                         "compile_decode: a new cache per pass)")  # fmt: skip
+    parser.add_argument("--cache-bucket", type=int, default=DEFAULT_CACHE_BUCKET,
+                        help="with --compile-decode: round static-cache lengths up to a multiple of this")  # fmt: skip
     parser.add_argument("--keep-decode-caches", action="store_true",
                         help="with --compile-decode: keep one cache per method across passes (DecodeCaches(kept=N)); "
                         "no recording again, but each cache is held through the other passes' vision")  # fmt: skip
@@ -278,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available() and sizes != ["tiny"]:
         raise SystemExit("python -m vcast.bench needs a CUDA GPU for the real model sizes; without one, only "
                          "--sizes tiny runs (a smoke test of the script, not a benchmark).")  # fmt: skip
+    if args.cache_bucket < 1:
+        raise SystemExit("--cache-bucket must be at least 1 (token)")
     if args.new_tokens < 2 or args.runs < 1:
         raise SystemExit("--new-tokens must be at least 2 (the decode rate is taken after the first) and --runs >= 1")
     import transformers
@@ -294,15 +367,16 @@ def main(argv: list[str] | None = None) -> None:
     meta["decode"] = "dynamic cache, eager"
     if args.compile_decode:
         held = "one kept per method across passes" if args.keep_decode_caches else "a new one per pass"
-        meta["decode"] = f"static caches ({held}, lengths rounded up to {DEFAULT_CACHE_BUCKET}), compiled by generate"
+        meta["decode"] = f"static caches ({held}, lengths rounded up to {args.cache_bucket}), compiled by generate"
     meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
     meta["vision_chunk_patches"] = args.vision_chunk_patches
     meta["order"] = "a warm-up pass per method, then rounds running each method once (interleaved)"
     rows: list[Row] = []
     for size in sizes:
         qa = _model(size, args)
-        if qa.decode_caches is not None and args.keep_decode_caches:  # one per method: each round alternates all
-            qa.decode_caches = DecodeCaches(qa.model, kept=1 + len(ratios))
+        if qa.decode_caches is not None:  # with --keep-decode-caches one per method: each round alternates all
+            kept = 1 + len(ratios) if args.keep_decode_caches else 0
+            qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)
         for frames, height, width in videos:
             video_rows = measure_video(qa, size, frames, height, width, ratios, args.runs, args.new_tokens)
             rows.extend(video_rows)

@@ -253,7 +253,7 @@ class VideoQA:
         compile_decode: decode from static KV caches (`vcast.models.decode`), which transformers'
         generate compiles into CUDA graphs on a GPU: each decode step is then bound by the GPU,
         where V-CAST's shorter cache pays, rather than by the host's Python. Cache lengths are
-        rounded up to 256 tokens; the first request pays a compilation, the second length a
+        rounded up to 64 tokens; the first request pays a compilation, the second length a
         recompilation with symbolic lengths, and each new length a graph recording. Each pass's
         cache is freed with it; `self.decode_caches = DecodeCaches(model, kept=2)` keeps them across
         requests instead (the reported peak memory then includes them). Greedy or sampled decoding
