@@ -67,6 +67,8 @@ class Row:
     # a growing figure would be a leak between passes
     held_before_mb: tuple[float, float] | None = None
     prefill_ms_runs: list[float] | None = None  # each round's prefill, to see spread and outliers
+    stage_ms_runs: list[list[float]] | None = None  # each round's [vision, selection, LLM prefill]
+    prefill_cuda_mallocs_runs: list[int] | None = None  # each round's new allocator segments in the timed prefill
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -155,6 +157,11 @@ def _cublas_workspace(model) -> None:
     torch.mm(one, one)
 
 
+def _segments_allocated(cuda: bool) -> int:
+    """How many times the caching allocator has called cudaMalloc so far (0 on the CPU)."""
+    return torch.cuda.memory_stats().get("segment.all.allocated", 0) if cuda else 0
+
+
 def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
     """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory.
 
@@ -192,6 +199,7 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
             del features  # V-CAST holds only its slices from here on
         clock.mark("selection")
         phase_peaks = {"vision": _phase_peak(cuda)}
+        segments = _segments_allocated(cuda)
         cache = None
         if qa.decode_caches is not None:
             # A new static cache, or with --keep-decode-caches the one every earlier pass of this
@@ -207,6 +215,8 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
         clock.mark("llm_prefill")
         del out
         phase_peaks["prefill"] = _phase_peak(cuda)
+        if cuda:
+            segments = _segments_allocated(cuda) - segments
         times = clock.ms()
         if cache is not None:
             cache.reset()
@@ -228,6 +238,7 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
         **times,
         **peaks,
         "held_before_mb": held / 2**20 if cuda else None,
+        "prefill_cuda_mallocs": segments if cuda else None,
         "first_token_ms": (first_token.first - start) * 1000.0,
         "decode_tokens_per_s": (new_tokens - 1) / (end - first_token.first),
         # GPU memory only: on the CPU the process's memory says nothing about one pass.
@@ -278,6 +289,8 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             peak_above_weights_mb=most("peak_above_weights_mb"), peak_vision_mb=most("peak_vision_mb"),
             peak_prefill_mb=most("peak_prefill_mb"), peak_generate_mb=most("peak_generate_mb"),
             prefill_ms_runs=[r["vision"] + r["selection"] + r["llm_prefill"] for r in passes],
+            stage_ms_runs=[[r["vision"], r["selection"], r["llm_prefill"]] for r in passes],
+            prefill_cuda_mallocs_runs=_present(passes, "prefill_cuda_mallocs") or None,
             held_before_mb=(min(held), max(held)) if (held := _present(passes, "held_before_mb")) else None,
         ))  # fmt: skip
     return rows
