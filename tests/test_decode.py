@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
 
 from vcast import VCastConfig
 from vcast.bench import synthetic_clip
@@ -38,10 +39,12 @@ def test_the_same_cache_comes_back_empty_for_its_bucket_and_the_oldest_is_droppe
     assert first.get_max_length() == 64 and cache_bytes(first) == text.num_hidden_layers * per_layer
     for layer in first.layers:
         assert layer.keys.shape == (1, text.num_key_value_heads, 64, text.head_dim)
-        assert layer.keys.device == layer.cumulative_length.device == caches.device and layer.keys.dtype == caches.dtype
+        assert layer.keys.device == layer.cumulative_length.device == torch.device("cpu")
+        assert layer.keys.dtype == caches.dtype
     keys = torch.randn(1, text.num_key_value_heads, 5, text.head_dim, dtype=caches.dtype)
-    for layer in range(text.num_hidden_layers):
-        first.update(keys, keys, layer)
+    with torch.inference_mode():  # as generate runs in VideoQA: the caches are inference tensors
+        for layer in range(text.num_hidden_layers):
+            first.update(keys, keys, layer)
     assert int(first.get_seq_length()) == 5
     assert cache_bytes(first) == text.num_hidden_layers * per_layer
     again = caches.get(60)
@@ -52,6 +55,28 @@ def test_the_same_cache_comes_back_empty_for_its_bucket_and_the_oldest_is_droppe
     assert caches.held_bytes() == 3 * cache_bytes(first) and caches.held_bytes(besides=first) == cache_bytes(second)
     caches.get(129)  # a third length drops the least recently used (64)
     assert caches.lengths() == [128, 192] and caches.get(64) is not first
+
+
+def test_each_cache_layer_is_made_on_its_decoder_layers_device_with_its_counter_already_there(monkeypatch):
+    caches = DecodeCaches(tiny_model(), bucket=8)
+    layers = tiny_config().text_config.num_hidden_layers
+    assert caches.layer_devices == [torch.device("cpu")] * layers and not caches.offloaded
+    # a model spread over devices: "meta" stands in for a second device here
+    caches.layer_devices = [torch.device("meta") if i % 2 else torch.device("cpu") for i in range(layers)]
+    counters = []
+    initialize = StaticLayer.lazy_initialization
+
+    def spy(layer, keys, values):
+        counters.append(layer.cumulative_length.device)  # moved before, or it would be uploaded here
+        return initialize(layer, keys, values)
+
+    monkeypatch.setattr(StaticLayer, "lazy_initialization", spy)
+    cache = caches.get(5)
+    assert counters == caches.layer_devices
+    assert [layer.keys.device for layer in cache.layers] == caches.layer_devices
+    assert all(layer.keys.is_inference() for layer in cache.layers)  # as generate's own tensors
+    caches.offloaded = True  # offloaded weights: left to allocate on first use
+    assert cache_bytes(caches.get(5)) == 0
 
 
 def test_by_default_every_pass_gets_a_new_cache_and_none_is_held():

@@ -63,12 +63,12 @@ class Row:
     peak_vision_mb: float | None = None  # vision tower and selection, up to the pass inputs
     peak_prefill_mb: float | None = None  # the timed LLM prefill
     peak_generate_mb: float | None = None  # generate: its own prefill and the decode steps
-    # Memory held before the method's passes (weights, compiled graphs' pools), lowest and highest:
-    # a growing figure would be a leak between passes
-    held_before_mb: tuple[float, float] | None = None
+    # Memory held before each round's pass (weights, compiled graphs' pools): growth would be a leak
+    held_before_mb_runs: list[float] | None = None
     prefill_ms_runs: list[float] | None = None  # each round's prefill, to see spread and outliers
     stage_ms_runs: list[list[float]] | None = None  # each round's [vision, selection, LLM prefill]
-    prefill_cuda_mallocs_runs: list[int] | None = None  # each round's new allocator segments in the timed prefill
+    # each round's cudaMalloc / cudaFree calls while the static cache was made and during the timed forward
+    prefill_device_calls_runs: list[dict] | None = None
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -157,9 +157,30 @@ def _cublas_workspace(model) -> None:
     torch.mm(one, one)
 
 
-def _segments_allocated(cuda: bool) -> int:
-    """How many times the caching allocator has called cudaMalloc so far (0 on the CPU)."""
-    return torch.cuda.memory_stats().get("segment.all.allocated", 0) if cuda else 0
+def _device_calls(cuda: bool, since: dict | None = None, name: str = "") -> dict:
+    """The caching allocator's cudaMalloc and cudaFree calls so far; with `since`, also files the
+    calls made after it under `name` (a host-side read of counters: no device sync)."""
+    if not cuda:
+        return {}
+    stats = torch.cuda.memory_stats()
+    now = {"malloc": stats.get("num_device_alloc", 0), "free": stats.get("num_device_free", 0)}
+    calls = dict(since.get("calls", {})) if since else {}
+    if since:
+        calls[name] = {key: now[key] - since[key] for key in now}
+    return {**now, "calls": calls}
+
+
+def _pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
+    """The pass's static cache, and the bytes of it and of any cache it displaced that were
+    allocated before the pass (so inside the memory held then), yet are this pass's to count: a
+    kept cache is this pass's memory, and a displaced one may be freed during the pass (counting
+    it as freed can overstate the pass's peak, never understate it)."""
+    reused = caches.length_for(tokens) in caches.lengths()
+    before = caches.held_bytes()
+    cache = caches.get(tokens)
+    own = cache_bytes(cache) if reused else 0
+    displaced = before - own - caches.held_bytes(besides=cache)
+    return cache, own + displaced
 
 
 def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
@@ -168,12 +189,14 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict
     Python's garbage collector runs before the pass and is paused during it, as `timeit` does: a
     full collection over the compiler's many objects takes tens of milliseconds, and would land
     in whichever method's timing happened to trip it."""
+    was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         return _measured_pass(qa, inputs, ratio, new_tokens)
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
 
 
 def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
@@ -183,7 +206,7 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
         _cublas_workspace(model)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        held = torch.cuda.memory_allocated()
+        held = held_before = torch.cuda.memory_allocated()
     with torch.inference_mode():
         clock = _Stopwatch(device)
         prompt = qwen3_vl.prompt_on_host(inputs)
@@ -199,24 +222,21 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
             del features  # V-CAST holds only its slices from here on
         clock.mark("selection")
         phase_peaks = {"vision": _phase_peak(cuda)}
-        segments = _segments_allocated(cuda)
+        counts = _device_calls(cuda)
         cache = None
         if qa.decode_caches is not None:
             # A new static cache, or with --keep-decode-caches the one every earlier pass of this
-            # length used (allocated then, so inside `held`, but this pass's memory all the same).
-            # The timed prefill writes into it, as generate's prefill does: a dynamic cache beside
-            # it would count a second cache in the peak.
-            tokens = int(pass_inputs.input_ids.shape[1]) + new_tokens
-            kept = qa.decode_caches.length_for(tokens) in qa.decode_caches.lengths()
-            cache = qa.decode_caches.get(tokens)  # allocated now, unless kept
-            if cuda and kept:
-                held -= cache_bytes(cache)
+            # length used. The timed prefill writes into it, as generate's prefill does: a dynamic
+            # cache beside it would count a second cache in the peak.
+            cache, charged = _pass_cache(qa.decode_caches, int(pass_inputs.input_ids.shape[1]) + new_tokens)
+            if cuda:
+                held -= charged
+        counts = _device_calls(cuda, since=counts, name="cache")
         out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, past_key_values=cache)
         clock.mark("llm_prefill")
         del out
         phase_peaks["prefill"] = _phase_peak(cuda)
-        if cuda:
-            segments = _segments_allocated(cuda) - segments
+        counts = _device_calls(cuda, since=counts, name="forward")
         times = clock.ms()
         if cache is not None:
             cache.reset()
@@ -237,8 +257,8 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
     return {
         **times,
         **peaks,
-        "held_before_mb": held / 2**20 if cuda else None,
-        "prefill_cuda_mallocs": segments if cuda else None,
+        "held_before_mb": held_before / 2**20 if cuda else None,
+        "prefill_device_calls": counts.get("calls") if cuda else None,
         "first_token_ms": (first_token.first - start) * 1000.0,
         "decode_tokens_per_s": (new_tokens - 1) / (end - first_token.first),
         # GPU memory only: on the CPU the process's memory says nothing about one pass.
@@ -290,8 +310,8 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             peak_prefill_mb=most("peak_prefill_mb"), peak_generate_mb=most("peak_generate_mb"),
             prefill_ms_runs=[r["vision"] + r["selection"] + r["llm_prefill"] for r in passes],
             stage_ms_runs=[[r["vision"], r["selection"], r["llm_prefill"]] for r in passes],
-            prefill_cuda_mallocs_runs=_present(passes, "prefill_cuda_mallocs") or None,
-            held_before_mb=(min(held), max(held)) if (held := _present(passes, "held_before_mb")) else None,
+            prefill_device_calls_runs=_present(passes, "prefill_device_calls") or None,
+            held_before_mb_runs=_present(passes, "held_before_mb") or None,
         ))  # fmt: skip
     return rows
 

@@ -561,12 +561,12 @@ class VideoQA:
             kwargs.setdefault("temperature", None)
             kwargs.setdefault("top_p", None)
             kwargs.setdefault("top_k", None)
-        if self.decode_caches is not None:
-            kwargs["past_key_values"] = self.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + max_new_tokens)
         self._reset_peak()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
+        if self.decode_caches is not None:  # allocating the cache is part of this pass's prefill
+            kwargs["past_key_values"] = self.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + max_new_tokens)
         with torch.inference_mode(), qwen3_vl.generation_attention(self.device):
             self.model.generate(**pass_inputs.generate_kwargs(), streamer=streamer, **kwargs)
         if self.device.type == "cuda":

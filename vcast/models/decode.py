@@ -10,7 +10,7 @@ cache the host's Python sets the pace, the same for every cache length.
 tokens, so that requests of similar length share one compiled shape (padding costs no
 correctness: the unused slots are masked). Two ways to hold the caches, measured on an H200
 (docs/BENCHMARKS.md, section 4.5):
-- `kept=0` (VideoQA's default): a new cache for every pass, allocated when generation starts and
+- `kept=0` (VideoQA's default): a new cache for every pass, allocated just before generation and
   freed when it ends, so memory behaves like the dynamic cache's. A recorded graph is replayed
   when the new cache lands at the old one's address (the caching allocator usually hands the
   same block back for the same size) and recorded again otherwise.
@@ -41,13 +41,23 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def _layer_devices(model, count: int) -> list[torch.device]:
+    """The device of each decoder layer of the language model (the model's device if not found)."""
+    layers = getattr(getattr(getattr(model, "model", None), "language_model", None), "layers", None)
+    if layers is None or len(layers) != count:
+        return [model.device] * count
+    return [next(layer.parameters()).device for layer in layers]
+
+
 class DecodeCaches:
     """Static KV caches for one model, of lengths rounded up to a multiple of `bucket`.
 
     `get(tokens)` returns an empty `StaticCache` of at least `tokens` slots (prompt + new
     tokens). With `kept=0` it is a new cache each time, held by nobody else. With `kept=N` the
     N most recently used caches are kept, one per rounded length, and the same object comes
-    back for its length; keep one per method that alternates (V-CAST and unpruned: 2).
+    back for its length; keep one per method that alternates (V-CAST and unpruned: 2). The caches
+    are inference tensors, as generate's own would be: run generate under `torch.inference_mode()`
+    (VideoQA does).
     """
 
     def __init__(self, model, *, bucket: int | None = None, kept: int = DEFAULT_CACHES_KEPT):
@@ -56,7 +66,10 @@ class DecodeCaches:
             raise ValueError(f"DecodeCaches needs bucket >= 1 and kept >= 0, got {bucket} and {kept}")
         self.text_config = text = model.config.get_text_config(decoder=True)
         self.bucket, self.kept = bucket, kept
-        self.device, self.dtype = model.device, model.dtype
+        self.dtype = model.dtype
+        self.layer_devices = _layer_devices(model, text.num_hidden_layers)
+        # weights offloaded by accelerate sit on "meta" until their layer runs: allocate lazily then
+        self.offloaded = any(device.type == "meta" for device in self.layer_devices)
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self._caches: OrderedDict[int, StaticCache] = OrderedDict()
@@ -85,21 +98,29 @@ class DecodeCaches:
         return cache
 
     def _new(self, length: int) -> StaticCache:
-        """A static cache with every layer allocated now, on the model's device.
+        """A static cache with every layer allocated now, each on its decoder layer's device.
 
         Left to itself, each layer allocates on its first update, inside the prefill, and moves a
         host-side counter to the GPU; a copy from pageable host memory makes the host wait for the
         stream, so the prefill would stall once per layer (about 3 ms on 8B at 1k tokens, and
-        jittery). Here the counters start on the device and the layers are allocated in one go
-        (transformers' `early_initialization`), before any prefill work is queued.
+        jittery). Here the counters start on the device and the layers are allocated in one go,
+        before any prefill work is queued (transformers' `early_initialization`, per layer, so that a
+        model spread over several GPUs gets each layer's cache where that layer runs). Made under
+        inference mode, like everything generate makes: only inference mode may then change them.
         """
         cache = StaticCache(config=self.text_config, max_cache_len=length)
-        for layer in cache.layers:
-            counter = getattr(layer, "cumulative_length", None)
-            if isinstance(counter, torch.Tensor) and counter.device != self.device:
-                layer.cumulative_length = torch.zeros_like(counter, device=self.device)
-        cache.early_initialization(batch_size=1, num_heads=self.kv_heads, head_dim=self.head_dim, dtype=self.dtype,
-                                   device=self.device)  # fmt: skip
+        if self.offloaded:
+            return cache  # each layer finds its device when it first runs
+        with torch.inference_mode():
+            for layer, device in zip(cache.layers, self.layer_devices, strict=False):
+                if not getattr(layer, "supports_early_init", False) or layer.is_initialized:
+                    continue
+                counter = getattr(layer, "cumulative_length", None)
+                if isinstance(counter, torch.Tensor) and counter.device != device:
+                    layer.cumulative_length = torch.zeros_like(counter, device=device)
+                shape = (1, self.kv_heads, 0, self.head_dim)  # no slots: only shape, dtype and device count
+                empty = torch.zeros(shape, dtype=self.dtype, device=device)
+                layer.lazy_initialization(empty, empty)
         return cache
 
     def held_bytes(self, *, besides=None) -> int:
