@@ -157,17 +157,14 @@ def _cublas_workspace(model) -> None:
     torch.mm(one, one)
 
 
-def _device_calls(cuda: bool, since: dict | None = None, name: str = "") -> dict:
-    """The caching allocator's cudaMalloc and cudaFree calls so far; with `since`, also files the
-    calls made after it under `name` (a host-side read of counters: no device sync)."""
-    if not cuda:
-        return {}
-    stats = torch.cuda.memory_stats()
-    now = {"malloc": stats.get("num_device_alloc", 0), "free": stats.get("num_device_free", 0)}
-    calls = dict(since.get("calls", {})) if since else {}
-    if since:
-        calls[name] = {key: now[key] - since[key] for key in now}
-    return {**now, "calls": calls}
+def _device_calls(cuda: bool) -> dict[str, int]:
+    """The caching allocator's cudaMalloc and cudaFree calls so far (host-side counters, no sync)."""
+    stats = torch.cuda.memory_stats() if cuda else {}
+    return {"malloc": stats.get("num_device_alloc", 0), "free": stats.get("num_device_free", 0)}
+
+
+def _calls_between(first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+    return {key: second[key] - first[key] for key in first}
 
 
 def _pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
@@ -222,7 +219,7 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
             del features  # V-CAST holds only its slices from here on
         clock.mark("selection")
         phase_peaks = {"vision": _phase_peak(cuda)}
-        counts = _device_calls(cuda)
+        calls_before = _device_calls(cuda)
         cache = None
         if qa.decode_caches is not None:
             # A new static cache, or with --keep-decode-caches the one every earlier pass of this
@@ -231,12 +228,12 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
             cache, charged = _pass_cache(qa.decode_caches, int(pass_inputs.input_ids.shape[1]) + new_tokens)
             if cuda:
                 held -= charged
-        counts = _device_calls(cuda, since=counts, name="cache")
+        calls_cache = _device_calls(cuda)
         out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, past_key_values=cache)
         clock.mark("llm_prefill")
         del out
         phase_peaks["prefill"] = _phase_peak(cuda)
-        counts = _device_calls(cuda, since=counts, name="forward")
+        calls_forward = _device_calls(cuda)
         times = clock.ms()
         if cache is not None:
             cache.reset()
@@ -258,7 +255,12 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
         **times,
         **peaks,
         "held_before_mb": held_before / 2**20 if cuda else None,
-        "prefill_device_calls": counts.get("calls") if cuda else None,
+        "prefill_device_calls": {
+            "cache": _calls_between(calls_before, calls_cache),
+            "forward": _calls_between(calls_cache, calls_forward),
+        }
+        if cuda
+        else None,
         "first_token_ms": (first_token.first - start) * 1000.0,
         "decode_tokens_per_s": (new_tokens - 1) / (end - first_token.first),
         # GPU memory only: on the CPU the process's memory says nothing about one pass.
