@@ -32,7 +32,11 @@ class Selection:
     budgets: (T,) int64, tokens kept per temporal group; sums to K.
     curvature: (T,) float32, 1 - cos of consecutive trajectory steps, in [0, 2]; endpoints 1.
     weights: (T,) float32, the allocation weights (softmax(curvature / temperature) for V-CAST).
-    scores: (T, N) float32, the dual-anchor token score; higher is kept first.
+    scores: (T, N) float32, the method's own per-token score (V-CAST: dual-anchor); higher is kept
+        first; NaN where a method has no per-token score.
+    method: the name of the method that made this selection (a key of `vcast.METHODS`).
+    assign: None for pure pruning; for merging methods (T*N,) int64, the kept slot (an index into
+        `keep`) each token is averaged into, -1 where a token is dropped.
     """
 
     keep: torch.Tensor
@@ -41,6 +45,8 @@ class Selection:
     curvature: torch.Tensor
     weights: torch.Tensor
     scores: torch.Tensor
+    method: str = "vcast"
+    assign: torch.Tensor | None = None
 
 
 def _compute_input(features: torch.Tensor) -> torch.Tensor:
