@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tests import _media as media
 from vcast import video
-from vcast.video import VideoClip, VideoError, clip_to_processor_inputs, read_video, sample_indices
+from vcast.models.inputs import clip_to_processor_inputs
+from vcast.video import VideoClip, VideoError, read_video, sample_indices
 
 HEIGHT, WIDTH = 96, 160  # decord2 3.4 mis-sizes some small frames (96 x 64); this size it reads
 CODE_BITS = 10  # frame indices up to 1023, in 16-pixel blocks that survive lossy compression

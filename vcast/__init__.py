@@ -12,7 +12,8 @@ from .core import (
     total_budget,
     uniqueness,
 )
-from .video import VideoClip, VideoError, clip_to_processor_inputs, read_video
+from .models.inputs import clip_to_processor_inputs
+from .video import VideoClip, VideoError, read_video
 
 __all__ = [
     "ModelError",

@@ -26,9 +26,10 @@ from .config import ALLOCATIONS, VCastConfig
 from .core import Selection, allocate_budgets, allocation_weights, select_tokens, total_budget
 from .models import qwen3_vl
 from .models.decode import DecodeCaches
+from .models.inputs import clip_to_processor_inputs
 from .models.vision_attention import use_batched_vision_attention
 from .models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
-from .video import VideoClip, clip_to_processor_inputs, read_video
+from .video import VideoClip, read_video
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-8B-Instruct"
 TINY_MODEL_ID = "tiny"
