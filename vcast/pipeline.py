@@ -192,6 +192,12 @@ def _comparison_allocations(grouped: torch.Tensor, selection: Selection, config:
     return budgets
 
 
+def _on_host(selection: Selection) -> Selection:
+    """The same Selection with every tensor on the CPU."""
+    moved = {f.name: getattr(selection, f.name) for f in dataclasses.fields(Selection)}
+    return Selection(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
+
 def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers on its HTTPS port (False at once where DNS fails)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -479,7 +485,7 @@ class VideoQA:
             question=question,
             pruned=pruned,
             full=full,
-            selection=Selection(**{f.name: getattr(selection, f.name).cpu() for f in dataclasses.fields(Selection)}),
+            selection=_on_host(selection),
             grid=grid,
             processed_size=(grid[1] * 32, grid[2] * 32),
             group_times=((clip.timestamps[0::2] + clip.timestamps[1::2]) / 2).tolist(),
