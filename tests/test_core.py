@@ -227,9 +227,12 @@ def test_uniqueness_allocation_favours_the_odd_frame():
     assert int(sel.budgets.argmax()) == 4
 
 
-def test_total_budget_rounds_half_up_and_respects_the_floor():
-    assert total_budget(1, 10, VCastConfig(retain_ratio=0.25)) == 3  # 2.5 -> 3
+def test_total_budget_rounds_half_to_even_as_the_reference_and_respects_the_floor():
+    assert total_budget(1, 10, VCastConfig(retain_ratio=0.25)) == 2  # 2.5 -> 2
+    assert total_budget(1, 14, VCastConfig(retain_ratio=0.25)) == 4  # 3.5 -> 4
+    assert total_budget(7, 14, VCastConfig(retain_ratio=0.25)) == 24  # 24.5 -> 24
     assert total_budget(4, 10, VCastConfig(retain_ratio=0.01, min_tokens_per_frame=2)) == 8
+    assert select_tokens(_features(7, 14, 8), retain_ratio=0.25).keep.numel() == 24
 
 
 def test_overrides_replace_config_fields():
@@ -246,9 +249,17 @@ def test_overrides_replace_config_fields():
         ({"retain_ratio": 0.0}, r"retain_ratio must be in \(0, 1\]"),
         ({"retain_ratio": 1.5}, r"retain_ratio must be in \(0, 1\]"),
         ({"retain_ratio": float("nan")}, r"retain_ratio must be in \(0, 1\]"),
+        ({"retain_ratio": float("inf")}, r"retain_ratio must be in \(0, 1\]"),
+        ({"retain_ratio": float("-inf")}, r"retain_ratio must be in \(0, 1\]"),
         ({"retain_ratio": "0.25"}, r"retain_ratio must be a number"),
-        ({"temperature": 0.0}, r"temperature must be a finite number > 0"),
-        ({"temperature": -1.0}, r"temperature must be a finite number > 0"),
+        ({"temperature": 0.0}, r"temperature must be a finite number >= 1e-30"),
+        ({"temperature": -1.0}, r"temperature must be a finite number >= 1e-30"),
+        ({"temperature": 1e-300}, r"temperature must be a finite number >= 1e-30 \(below it softmax"),
+        ({"temperature": 1e-31}, r"temperature must be a finite number >= 1e-30"),
+        ({"temperature": float("nan")}, r"temperature must be a finite number >= 1e-30"),
+        ({"temperature": float("inf")}, r"temperature must be a finite number >= 1e-30"),
+        ({"temperature": 10**400}, r"temperature must be a finite number >= 1e-30"),
+        ({"temperature": True}, r"temperature must be a finite number >= 1e-30"),
         ({"min_tokens_per_frame": -1}, r"min_tokens_per_frame must be >= 0"),
         ({"min_tokens_per_frame": 1.5}, r"min_tokens_per_frame must be an integer"),
         ({"allocation": "random"}, r"allocation must be one of 'curvature', 'uniform', 'uniqueness'"),
@@ -259,6 +270,17 @@ def test_invalid_configs_raise_value_error_naming_the_allowed_range(kwargs, mess
         VCastConfig(**kwargs)
     with pytest.raises(ValueError, match=message):
         select_tokens(_features(2, 3, 4), **kwargs)
+
+
+@pytest.mark.parametrize("allocation", ["curvature", "uniqueness"])
+def test_the_smallest_allowed_temperature_still_gives_finite_weights(allocation):
+    # Just above the floor the weights are an argmax; just below the float32 edge (2 / 3.4e38)
+    # softmax(c / t) would be NaN, which is why such temperatures are refused.
+    x = _scene_cut_features([12])
+    sel = select_tokens(x, retain_ratio=0.3, temperature=1e-30, allocation=allocation)
+    assert bool(torch.isfinite(sel.weights).all()) and float(sel.weights.sum()) == pytest.approx(1.0)
+    assert int(sel.budgets.sum()) == sel.keep.numel() == total_budget(24, 30, VCastConfig(retain_ratio=0.3))
+    assert bool(torch.softmax(torch.tensor([0.0, 2.0]) / 5e-39, 0).isnan().any())  # the edge is real
 
 
 def test_config_is_frozen_and_keyword_only():
@@ -283,7 +305,7 @@ def test_integer_features_raise_value_error():
 _INTERPRETED_KERNEL_CHECK = """
 import torch
 from vcast._kernels import curvature_triton, keep_triton, token_scores_triton
-from vcast.core import _keep_mask, frame_curvature, token_scores
+from vcast.core import frame_curvature, token_scores, top_budget_mask
 worst, keep_equal = 0.0, True
 for seed, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
     g = torch.Generator().manual_seed(seed)
@@ -296,7 +318,7 @@ for seed, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
     budgets[3] = 0
     scores[0, :5] = scores[0, 5]  # ties go to the lower index
     mask, keep = keep_triton(scores, budgets, torch.cumsum(budgets, 0) - budgets, int(budgets.sum()))
-    expected = _keep_mask(scores, budgets)
+    expected = top_budget_mask(scores, budgets)
     keep_equal &= torch.equal(mask, expected) and torch.equal(keep, expected.flatten().nonzero().squeeze(1))
 print(worst, keep_equal)
 """

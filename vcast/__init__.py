@@ -12,10 +12,12 @@ from .core import (
     total_budget,
     uniqueness,
 )
+from .methods import METHODS, prune
 from .models.inputs import clip_to_processor_inputs
 from .video import VideoClip, VideoError, read_video
 
 __all__ = [
+    "METHODS",
     "ModelError",
     "QAResult",
     "Selection",
@@ -28,6 +30,7 @@ __all__ = [
     "clip_to_processor_inputs",
     "frame_curvature",
     "frame_means",
+    "prune",
     "read_video",
     "select_tokens",
     "token_scores",

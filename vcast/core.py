@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,9 @@ class Selection:
     keep_mask: (T, N) bool, True where a token is kept; keep_mask.flatten()[keep] is all True.
     budgets: (T,) int64, tokens kept per temporal group; sums to K.
     curvature: (T,) float32, 1 - cos of consecutive trajectory steps, in [0, 2]; endpoints 1.
-    weights: (T,) float32, the allocation weights (softmax(curvature / temperature) for V-CAST).
+        Always the video's curvature, whichever method selected, so any method plots against it.
+    weights: (T,) float32, the allocation weights (softmax(curvature / temperature) for V-CAST;
+        1/T for methods without an allocation).
     scores: (T, N) float32, the method's own per-token score (V-CAST: dual-anchor); higher is kept
         first; NaN where a method has no per-token score.
     method: the name of the method that made this selection (a key of `vcast.METHODS`).
@@ -52,6 +53,14 @@ class Selection:
 def _compute_input(features: torch.Tensor) -> torch.Tensor:
     """Half-precision stays as is (kernels accumulate in float32); anything wider becomes float32."""
     return features if features.dtype in (torch.float16, torch.bfloat16, torch.float32) else features.float()
+
+
+def check_features(features: torch.Tensor) -> None:
+    """ValueError unless `features` is a non-empty (T, N, D) float tensor."""
+    if features.dim() != 3 or 0 in features.shape:
+        raise ValueError(f"features must be a non-empty (T, N, D) tensor, got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"features must be a float tensor, got {features.dtype}")
 
 
 def frame_means(features: torch.Tensor) -> torch.Tensor:
@@ -82,6 +91,17 @@ def frame_curvature(frame_means: torch.Tensor) -> torch.Tensor:
     return curvature
 
 
+def video_curvature(features: torch.Tensor) -> torch.Tensor:
+    """(T, N, D) any float -> (T,) float32: the curvature of the group means, exactly as
+    `select_tokens` computes it, so that every method's selection can be plotted against it."""
+    return frame_curvature(_group_means(features))
+
+
+def _group_means(features: torch.Tensor) -> torch.Tensor:
+    """(T, N, D) any float -> (T, D) float32 mean token of each group (not normalised)."""
+    return _compute_input(features).mean(dim=1, dtype=torch.float32)
+
+
 def uniqueness(frame_means: torch.Tensor) -> torch.Tensor:
     """Global uniqueness of each group: u_t = 1 - cos(m_t, g), g = normalize(mean_t m_t).
 
@@ -97,10 +117,11 @@ def allocation_weights(
     curvature: torch.Tensor, frame_means: torch.Tensor, *, allocation: str, temperature: float
 ) -> torch.Tensor:
     """(T,) float32 weights summing to 1 for one of the strategies of VCastConfig.allocation."""
+    # float(): an int temperature beyond int64 would not convert to a tensor scalar.
     if allocation == "curvature":
-        return torch.softmax(curvature / temperature, dim=0)
+        return torch.softmax(curvature / float(temperature), dim=0)
     if allocation == "uniqueness":
-        return torch.softmax(uniqueness(frame_means) / temperature, dim=0)
+        return torch.softmax(uniqueness(frame_means) / float(temperature), dim=0)
     if allocation == "uniform":
         return torch.full_like(curvature, 1.0 / curvature.shape[0])
     raise ValueError(f"allocation must be 'curvature', 'uniform' or 'uniqueness', got {allocation!r}")
@@ -214,9 +235,9 @@ def _to_host_async(x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | No
     return host, event
 
 
-def _keep_mask(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
-    """(T, N) scores, (T,) budgets -> (T, N) bool: the top budgets[t] tokens of each group,
-    ties to the lower index."""
+def top_budget_mask(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
+    """(T, N) scores, (T,) int64 budgets on the same device -> (T, N) bool: the top budgets[t]
+    tokens of each group (highest score first), ties to the lower index."""
     order = torch.argsort(scores, dim=1, descending=True, stable=True)  # (T, N)
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # (T, N) rank of each token
@@ -235,7 +256,7 @@ def _keep(scores: torch.Tensor, budgets_host: torch.Tensor, total: int) -> tuple
         keep_mask, keep = keep_triton(scores, packed[0], packed[1], total)
         return packed[0], keep_mask, keep
     budgets = budgets_host.to(device, non_blocking=True)
-    keep_mask = _keep_mask(scores, budgets)  # (T, N)
+    keep_mask = top_budget_mask(scores, budgets)  # (T, N)
     # The count is known on the host, so nonzero needs no sync.
     keep = torch.nonzero_static(keep_mask.flatten(), size=total).squeeze(1)  # (K,)
     return budgets, keep_mask, keep
@@ -244,10 +265,11 @@ def _keep(scores: torch.Tensor, budgets_host: torch.Tensor, total: int) -> tuple
 def total_budget(num_frames: int, tokens_per_frame: int, config: VCastConfig) -> int:
     """The number of tokens kept: clamp(round(T*N*R), 1, T*N), at least T*min_tokens_per_frame.
 
-    Rounds half up (Python's round() would round 2.5 to 2).
+    Python's round, half to even (24.5 -> 24, 25.5 -> 26), as the reference implementation rounds;
+    T*N*R is the float product, so a ratio that is not a binary fraction rounds as its float does.
     """
     all_tokens = num_frames * tokens_per_frame
-    total = min(max(math.floor(all_tokens * config.retain_ratio + 0.5), 1), all_tokens)
+    total = min(max(round(all_tokens * config.retain_ratio), 1), all_tokens)
     return max(total, num_frames * min(config.min_tokens_per_frame, tokens_per_frame))
 
 
@@ -259,16 +281,13 @@ def select_tokens(features: torch.Tensor, config: VCastConfig | None = None, **o
     Returns a Selection; kept tokens keep their original (t, n) place, given by `keep`.
     """
     config = dataclasses.replace(config or _DEFAULT_CONFIG, **overrides) if overrides else config or _DEFAULT_CONFIG
-    if features.dim() != 3 or 0 in features.shape:
-        raise ValueError(f"features must be a non-empty (T, N, D) tensor, got shape {tuple(features.shape)}")
-    if not features.is_floating_point():
-        raise ValueError(f"features must be a float tensor, got {features.dtype}")
+    check_features(features)
     features = _compute_input(features)
     num_frames, tokens_per_frame, _ = features.shape
 
     # 1-2. Frame trajectory (group means, normalised where used), curvature, allocation weights:
     #      T numbers, on the device.
-    means = features.mean(dim=1, dtype=torch.float32)  # (T, D)
+    means = _group_means(features)  # (T, D)
     curvature = frame_curvature(means)  # (T,)
     weights = allocation_weights(curvature, means, allocation=config.allocation, temperature=config.temperature)
 
