@@ -50,9 +50,9 @@ from gradio_client.utils import is_file_obj_with_meta
 from pydantic import ValidationInfo, model_validator
 
 from vcast import VCastConfig
-from vcast.__main__ import result_record
 from vcast.config import ALLOCATIONS
 from vcast.pipeline import DEFAULT_MAX_NEW_TOKENS, TINY_MODEL_ID, ModelError, QAResult, VideoQA, hub_reachable
+from vcast.report import result_record
 from vcast.video import VideoClip, VideoError, read_video
 from viz import (
     AllocationRecord,

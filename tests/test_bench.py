@@ -12,7 +12,20 @@ import torch
 from vcast import VCastConfig, VideoQA, bench
 from vcast.core import total_budget
 from vcast.models import decode
+from vcast.models.base import cache_argument
 from vcast.models.decode import DecodeCaches, cache_bytes
+
+
+def test_bench_measures_other_methods_and_families(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--sizes", "tiny-llava_onevision", "--videos", "4x64x96", "--ratios", "0.5,0.25", "--runs", "1",
+                "--methods", "evs,first_2x2", "--new-tokens", "2", "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    # the 2x2 method only at its one ratio; LLaVA-OneVision: 4 frames of 16 tokens and the newline
+    assert [(r["method"], r["retain_ratio"]) for r in rows] == [("unpruned", 1.0), ("evs", 0.5), ("evs", 0.25),
+                                                               ("first_2x2", 0.25)]  # fmt: skip
+    assert [r["visual_tokens"] for r in rows] == [65, 33, 17, 17]
+    assert "| tiny-llava_onevision | 4, 96x64 | EVS R=0.5 | 33 |" in capsys.readouterr().out
 
 
 def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
@@ -58,22 +71,23 @@ def test_bench_refuses_real_sizes_without_a_gpu(tmp_path):
 @pytest.mark.parametrize("keep", [False, True], ids=["new-cache-per-pass", "kept-caches"])
 def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(tmp_path, monkeypatch, keep):
     order, passes, originals = [], [], {}
-    one_pass = bench._one_pass
+    one_pass = bench.one_pass
 
-    def spy(qa, inputs, ratio, new_tokens):
+    def spy(qa, prompt, method, new_tokens):
+        ratio = None if method is None else method[1]
         order.append(ratio)
         generate = originals.setdefault(id(qa.model), qa.model.generate)  # not the previous pass's spy
 
         def generate_spy(**kwargs):
-            cache = kwargs["past_key_values"]
+            cache = kwargs[cache_argument(qa.model)]
             filled = int(cache.get_seq_length())
             passes.append((ratio, cache, cache.get_max_length(), filled, kwargs["input_ids"].shape[1]))
             return generate(**kwargs)
 
         monkeypatch.setattr(qa.model, "generate", generate_spy)
-        return one_pass(qa, inputs, ratio, new_tokens)
+        return one_pass(qa, prompt, method, new_tokens)
 
-    monkeypatch.setattr(bench, "_one_pass", spy)
+    monkeypatch.setattr(bench, "one_pass", spy)
     # no rounding with bucket 1: each method its own length
     options = ["--compile-decode", "--cache-bucket", "1", *(["--keep-decode-caches"] if keep else []),
                "--out", str(tmp_path / "b.json")]  # fmt: skip
@@ -116,20 +130,20 @@ def test_bench_rounds_static_caches_to_the_bucket_it_is_given(tmp_path, monkeypa
 
 def test_a_pass_restores_the_garbage_collector_as_it_found_it(monkeypatch):
     qa = VideoQA.tiny()
-    inputs = qa._processor_inputs(bench.synthetic_clip(4, 64, 96), "What happens?")
+    prompt = qa.prompt(bench.synthetic_clip(4, 64, 96), "What happens?")
 
     def broken(*args, **kwargs):
         assert not gc.isenabled()
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(bench, "_measured_pass", broken)
+    monkeypatch.setattr(bench, "measured_pass", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
-        bench._one_pass(qa, inputs, 0.5, 3)
+        bench.one_pass(qa, prompt, ("vcast", 0.5), 3)
     assert gc.isenabled()
     gc.disable()
     try:
         with pytest.raises(RuntimeError):
-            bench._one_pass(qa, inputs, 0.5, 3)
+            bench.one_pass(qa, prompt, ("vcast", 0.5), 3)
         assert not gc.isenabled()  # a caller's choice stays
     finally:
         gc.enable()

@@ -12,6 +12,7 @@ from transformers.cache_utils import StaticLayer
 
 from vcast import VCastConfig
 from vcast.bench import synthetic_clip
+from vcast.models.base import cache_argument
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from vcast.models.tiny import tiny_config, tiny_model, tiny_processor
 from vcast.pipeline import ModelError, VideoQA
@@ -102,7 +103,7 @@ def test_static_caches_answer_exactly_like_the_dynamic_cache_across_requests(kep
     handed, generate = [], static.model.generate
 
     def spy(**kwargs):
-        handed.append((kwargs["past_key_values"], kwargs["input_ids"].shape[1]))
+        handed.append((kwargs[cache_argument(static.model)], kwargs["input_ids"].shape[1]))
         return generate(**kwargs)
 
     monkeypatch.setattr(static.model, "generate", spy)

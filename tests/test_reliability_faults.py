@@ -20,7 +20,7 @@ from gradio_client.exceptions import AppError
 
 from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, PageEvent, fn_index, upload
 from vcast import pipeline
-from vcast.models import qwen3_vl
+from vcast.models.qwen3_vl import Qwen3VLAdapter
 
 WAIT_S = 20  # the longest any wait here may take
 SLOW_TOKEN_S = 0.01  # the slowed generation: 512 tokens take more than 5 s
@@ -96,7 +96,7 @@ OOM_ADVICE = (
 
 def test_out_of_memory_in_the_vision_tower_says_what_to_try_and_the_next_request_works(client, reference, monkeypatch):
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    monkeypatch.setattr(qwen3_vl, "encode_video", raise_once(oom, qwen3_vl.encode_video))
+    monkeypatch.setattr(Qwen3VLAdapter, "encode", raise_once(oom, Qwen3VLAdapter.encode))
     with pytest.raises(AppError) as caught:
         analyze(client)
     assert str(caught.value) == OOM_ADVICE.format(stage="encoding the frames")
@@ -114,7 +114,7 @@ def test_out_of_memory_while_generating_says_what_to_try_and_the_next_request_wo
 
 
 def test_out_of_memory_on_the_page_shows_the_advice_and_the_next_run_works(app, url, client, reference, monkeypatch):
-    monkeypatch.setattr(qwen3_vl, "encode_video", raise_once(torch.OutOfMemoryError("CUDA"), qwen3_vl.encode_video))
+    monkeypatch.setattr(Qwen3VLAdapter, "encode", raise_once(torch.OutOfMemoryError("CUDA"), Qwen3VLAdapter.encode))
     video = upload(url, GOOD_CLIP)
     data = [video, GOOD_QUESTION, 25, 4, "tiny", False, 0.7, "curvature", 8, False]
     *_, last = PageEvent(url, fn_index(app, app.run), data).messages()

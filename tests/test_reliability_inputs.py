@@ -259,7 +259,8 @@ SETTINGS = {
     "max_new_tokens 0": ({"max_new_tokens": 0}, TOKENS.format(0)),
     "max_new_tokens beyond the cap": ({"max_new_tokens": 100_000}, TOKENS.format(100000)),
     "fractional max_new_tokens": ({"max_new_tokens": 2.5}, TOKENS.format(2.5)),
-    "temperature 0": ({"temperature": 0}, "temperature must be a finite number > 0, got 0.0"),
+    "temperature 0": ({"temperature": 0}, "temperature must be a finite number >= 1e-30 (below it softmax(curvature / "
+                      "temperature) overflows float32), got 0.0"),
     "unknown allocation": (
         {"allocation": "random"},
         "allocation must be one of 'curvature', 'uniform', 'uniqueness', got 'random'",

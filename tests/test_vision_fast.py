@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers.video_utils import VideoMetadata
 
-from vcast.models import qwen3_vl, vision_fast
+from vcast.models import vision_fast
+from vcast.models.base import adapter_for
 from vcast.models.tiny import tiny_model, tiny_processor
 from vcast.models.vision_attention import use_batched_vision_attention
 from vcast.models.vision_fast import (
@@ -71,7 +72,7 @@ def test_fast_vision_paths_give_the_same_features_logits_and_state(processor, mo
     inputs = _video_inputs(processor)
     state_before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with torch.inference_mode():
-        plain = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"], chunk_groups=4)
+        plain = adapter_for(model, processor).encode(inputs, chunk_groups=4)
         logits = model(**inputs).logits
     use_linear_patch_embed(model)
     use_fused_vision_attention(model)
@@ -79,14 +80,14 @@ def test_fast_vision_paths_give_the_same_features_logits_and_state(processor, mo
     calls = []
     monkeypatch.setattr(vision_fast, "grouped_sdpa", lambda *a: calls.append(a[3]) or grouped_sdpa(*a))
     with torch.inference_mode():
-        fast = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"], chunk_groups=4)
+        fast = adapter_for(model, processor).encode(inputs, chunk_groups=4)
         fast_logits = model(**inputs).logits
     depth = len(model.model.visual.blocks)
     # 6 frame pairs at most 4 per chunk: two chunks of 3, fused at every layer. model() passes no
     # max_seqlen, so its vision tower takes transformers' path (the logits check below covers it).
     assert calls == [3] * (2 * depth)
     torch.testing.assert_close(fast.embeds, plain.embeds, atol=1e-5, rtol=0)
-    for a, b in zip(fast.deepstack, plain.deepstack, strict=True):
+    for a, b in zip(fast.extras, plain.extras, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast_logits, logits, atol=1e-4, rtol=0)  # fp32 sums in another order
     state_after = model.state_dict()

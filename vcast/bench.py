@@ -1,10 +1,13 @@
-"""GPU benchmark: unpruned vs V-CAST on random-weight models with the real Qwen3-VL shapes.
+"""GPU benchmark: unpruned vs V-CAST (and other methods) on random-weight models with real shapes.
 
     python -m vcast.bench [--sizes 8B] [--videos 32x448x448,64x352x640,128x352x640]
-                          [--ratios 0.25,0.15] [--runs 5] [--new-tokens 64] [--out results/bench.json]
+                          [--ratios 0.25,0.15] [--methods vcast] [--runs 5] [--new-tokens 64]
+                          [--out results/bench.json]
 
-For each model size and synthetic video (frames x height x width), each method (unpruned, V-CAST at
-each retain ratio) is measured the way a user meets it: vision tower, selection, LLM prefill, then
+--sizes takes Qwen3-VL sizes (2B, 4B, 8B, 32B, 30B-A3B) and the other families' real shapes
+(Qwen2.5-VL-7B, Qwen3.5-9B, LLaVA-OneVision-7B). For each model and synthetic video (frames x height
+x width), each method (unpruned, and each of --methods at each retain ratio) is measured the way a
+user meets it: vision tower, selection, LLM prefill, then
 generation of `--new-tokens` tokens. Times are medians of `--runs` rounds, taken with CUDA events,
 after a warm-up pass of each method; each round runs every method once, interleaved, so drift of the
 machine falls on all methods alike; Python's garbage collector is paused during each pass.
@@ -35,11 +38,15 @@ import numpy as np
 import torch
 
 from .config import VCastConfig
-from .core import select_tokens
-from .models import qwen3_vl
+from .methods import METHODS
+from .models.base import cache_argument, generation_attention
 from .models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
-from .pipeline import VideoQA
+from .models.mrope import DEFAULT_VISION_CHUNK_PATCHES
+from .pipeline import Prompt, VideoQA, check_methods, tiny_family
 from .video import VideoClip
+
+# A method of the benchmark: (name in vcast.METHODS, retain ratio), or None for the unpruned pass.
+Method = tuple[str, float] | None
 
 
 @dataclass
@@ -152,7 +159,7 @@ def _cublas_workspace(model) -> None:
     generate), and the next pass's first matmul allocates it again: without this, that pass
     would be charged for a fixed, process-wide buffer that the eager passes never see.
     """
-    weight = model.model.visual.patch_embed.proj.weight
+    weight = next(model.parameters())
     one = torch.ones(8, 8, device=weight.device, dtype=weight.dtype)
     torch.mm(one, one)
 
@@ -180,7 +187,7 @@ def _pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
     return cache, own + displaced
 
 
-def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
+def one_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) -> dict:
     """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory.
 
     Python's garbage collector runs before the pass and is paused during it, as `timeit` does: a
@@ -190,13 +197,15 @@ def _one_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict
     gc.collect()
     gc.disable()
     try:
-        return _measured_pass(qa, inputs, ratio, new_tokens)
+        return measured_pass(qa, prompt, method, new_tokens)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) -> dict:
+def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) -> dict:
+    """One pass of `method` through VideoQA's public steps (encode, select, pass inputs), then a timed
+    LLM prefill and a generation of exactly `new_tokens` tokens. Times in ms, memory in MB."""
     model, device = qa.model, qa.device
     cuda = device.type == "cuda"
     if cuda:
@@ -206,17 +215,14 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
         held = held_before = torch.cuda.memory_allocated()
     with torch.inference_mode():
         clock = _Stopwatch(device)
-        prompt = qwen3_vl.prompt_on_host(inputs)
-        features = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
-                                         chunk_patches=qa.vision_chunk_patches)  # fmt: skip
-        positions = qwen3_vl.rope_positions(model, prompt, device=device)
+        prepared = qa.encode(prompt)
         clock.mark("vision")
-        keep = None
-        if ratio is not None:
-            keep = select_tokens(features.grouped(), VCastConfig(retain_ratio=ratio)).keep
-        pass_inputs = qwen3_vl.pass_inputs(model, inputs, features, positions, keep)
-        if keep is not None:
-            del features  # V-CAST holds only its slices from here on
+        selection = None
+        if method is not None:
+            selection = qa.select(prepared, method[0], config=VCastConfig(retain_ratio=method[1]))
+        pass_inputs = qa.pass_inputs(prepared, selection)
+        if selection is not None:
+            del prepared  # a pruned pass holds only its slices from here on
         clock.mark("selection")
         phase_peaks = {"vision": _phase_peak(cuda)}
         calls_before = _device_calls(cuda)
@@ -229,7 +235,8 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
             if cuda:
                 held -= charged
         calls_cache = _device_calls(cuda)
-        out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, past_key_values=cache)
+        cache_kwarg = {} if cache is None else {cache_argument(model): cache}
+        out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, **cache_kwarg)
         clock.mark("llm_prefill")
         del out
         phase_peaks["prefill"] = _phase_peak(cuda)
@@ -242,8 +249,8 @@ def _measured_pass(qa: VideoQA, inputs, ratio: float | None, new_tokens: int) ->
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        kwargs = {} if cache is None else {"past_key_values": cache}
-        with qwen3_vl.generation_attention(device):
+        kwargs = {} if cache is None else {cache_argument(model): cache}
+        with generation_attention(device):
             model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            do_sample=False, streamer=first_token, **kwargs)  # fmt: skip
         if cuda:
@@ -275,23 +282,26 @@ def _present(passes: list[dict], key: str) -> list[float]:
     return [r[key] for r in passes if r[key] is not None]
 
 
-def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, ratios: list[float],
+def _label(method: Method) -> str:
+    return "unpruned" if method is None else method[0]
+
+
+def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, methods: list[Method],
                   runs: int, new_tokens: int) -> list[Row]:  # fmt: skip
-    """Unpruned and V-CAST at each ratio on one synthetic video: a warm-up pass of each, then
-    `runs` rounds that run every method once, interleaved, so drift of the machine (clocks,
-    other load) falls on all methods alike. One Row per method, medians over the rounds."""
-    clip = synthetic_clip(frames, height, width)
-    inputs = qa._processor_inputs(clip, "Describe what happens in this video in detail.")
-    methods = [None, *ratios]
-    for ratio in methods:  # warm-up (and compilation, if any)
-        _one_pass(qa, inputs, ratio, new_tokens)
-    results: dict[float | None, list[dict]] = {ratio: [] for ratio in methods}
+    """Unpruned and each (method, ratio) on one synthetic video: a warm-up pass of each, then `runs`
+    rounds that run every method once, interleaved, so drift of the machine (clocks, other load) falls
+    on all methods alike. One Row per method, medians over the rounds."""
+    prompt = qa.prompt(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
+    methods = [None, *methods]
+    for method in methods:  # warm-up (and compilation, if any)
+        one_pass(qa, prompt, method, new_tokens)
+    results: dict[Method, list[dict]] = {method: [] for method in methods}
     for _ in range(runs):
-        for ratio in methods:
-            results[ratio].append(_one_pass(qa, inputs, ratio, new_tokens))
+        for method in methods:
+            results[method].append(one_pass(qa, prompt, method, new_tokens))
     rows = []
-    for ratio in methods:
-        passes = results[ratio]
+    for method in methods:
+        passes = results[method]
 
         def med(key: str, passes=passes) -> float:
             return statistics.median(r[key] for r in passes)
@@ -304,7 +314,7 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
 
         rows.append(Row(
             size=size, frames=frames, height=height, width=width,
-            method="unpruned" if ratio is None else "vcast", retain_ratio=1.0 if ratio is None else ratio,
+            method=_label(method), retain_ratio=1.0 if method is None else method[1],
             visual_tokens=passes[0]["visual_tokens"], sequence_length=passes[0]["sequence_length"],
             vision_ms=vision, selection_ms=selection, llm_prefill_ms=llm, prefill_ms=vision + selection + llm,
             ttft_ms=vision + selection + med("first_token_ms"), decode_tokens_per_s=med("decode_tokens_per_s"),
@@ -316,6 +326,9 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             held_before_mb_runs=_present(passes, "held_before_mb") or None,
         ))  # fmt: skip
     return rows
+
+
+_NAMES = {"vcast": "V-CAST", "evs": "EVS", "vidcom2": "VidCom2"}
 
 
 def _table(rows: list[Row]) -> str:
@@ -333,7 +346,7 @@ def _table(rows: list[Row]) -> str:
         prefill = f"{r.prefill_ms / ref.prefill_ms:.3f}" if ref else "-"
         decode = f"{r.decode_tokens_per_s / ref.decode_tokens_per_s:.2f}" if ref else "-"
         peak = "-" if r.peak_above_weights_mb is None else f"{r.peak_above_weights_mb:.0f}"
-        name = "unpruned" if r.method == "unpruned" else f"V-CAST R={r.retain_ratio:g}"
+        name = "unpruned" if r.method == "unpruned" else f"{_NAMES.get(r.method, r.method)} R={r.retain_ratio:g}"
         lines.append(
             f"| {r.size} | {r.frames}, {r.width}x{r.height} | {name} | {r.visual_tokens} | {r.vision_ms:.1f} | "
             f"{r.selection_ms:.2f} | {r.llm_prefill_ms:.1f} | {r.prefill_ms:.1f} | {prefill} | {r.ttft_ms:.1f} | "
@@ -345,8 +358,9 @@ def _table(rows: list[Row]) -> str:
 def _model(size: str, args) -> VideoQA:
     """A random-weight model of the real shapes of `size` on the GPU, or the tiny model on the CPU."""
     compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
-    if size == "tiny":  # a smoke test of this script (CI runs it), not a benchmark
-        return VideoQA.tiny(attn_implementation=args.attn, compile_vision=compile_vision,
+    family = tiny_family(size)
+    if family is not None:  # a smoke test of this script (CI runs it), not a benchmark
+        return VideoQA.tiny(family=family, attn_implementation=args.attn, compile_vision=compile_vision,
                             compile_decode=args.compile_decode,
                             vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
     return VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
@@ -356,9 +370,14 @@ def _model(size: str, args) -> VideoQA:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vcast.bench", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--sizes", default="8B", help="Qwen3-VL sizes: 2B,4B,8B,32B,30B-A3B (tiny: CPU smoke test)")
+    parser.add_argument("--sizes", default="8B",
+                        help="Qwen3-VL sizes 2B,4B,8B,32B,30B-A3B and/or Qwen2.5-VL-7B,Qwen3.5-9B,LLaVA-OneVision-7B "
+                        "(random weights, real shapes); tiny or tiny-<family>: a CPU smoke test")  # fmt: skip
     parser.add_argument("--videos", default="32x448x448,64x352x640,128x352x640", help="FRAMESxHEIGHTxWIDTH,...")
     parser.add_argument("--ratios", default="0.25,0.15")
+    parser.add_argument("--methods", default="vcast",
+                        help=f"comma-separated, measured at each ratio beside unpruned: {', '.join(METHODS)} "
+                        "(the 2x2 methods at 0.25 only)")  # fmt: skip
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--attn", default="sdpa")
@@ -369,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead)",
     )
-    parser.add_argument("--vision-chunk-patches", type=int, default=qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES)
+    parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
                         "compile_decode: a new cache per pass)")  # fmt: skip
@@ -381,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench.json")
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
-    if not torch.cuda.is_available() and sizes != ["tiny"]:
+    tiny = all(tiny_family(size) is not None for size in sizes)
+    if not torch.cuda.is_available() and not tiny:
         raise SystemExit("python -m vcast.bench needs a CUDA GPU for the real model sizes; without one, only "
                          "--sizes tiny runs (a smoke test of the script, not a benchmark).")  # fmt: skip
     if args.cache_bucket < 1:
@@ -392,7 +412,14 @@ def main(argv: list[str] | None = None) -> None:
 
     videos = [tuple(int(v) for v in spec.split("x")) for spec in args.videos.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
-    device_name = torch.cuda.get_device_name() if sizes != ["tiny"] else "cpu"
+    try:
+        names = check_methods(args.methods.split(","))
+    except ValueError as err:
+        raise SystemExit(f"--methods: {err}") from err
+    methods: list[Method] = [(name, r) for name in names for r in ratios if not name.endswith("_2x2") or r == 0.25]
+    if not methods:
+        raise SystemExit("--methods: the 2x2 methods keep exactly 1 token of 4; add 0.25 to --ratios")
+    device_name = "cpu" if tiny else torch.cuda.get_device_name()
     meta = {"gpu": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "date": date.today().isoformat(), "attn": args.attn, "runs": args.runs, "new_tokens": args.new_tokens,
@@ -410,10 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         qa = _model(size, args)
         if qa.decode_caches is not None:  # with --keep-decode-caches one per method: each round alternates all
-            kept = 1 + len(ratios) if args.keep_decode_caches else 0
+            kept = 1 + len(methods) if args.keep_decode_caches else 0
             qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)
         for frames, height, width in videos:
-            video_rows = measure_video(qa, size, frames, height, width, ratios, args.runs, args.new_tokens)
+            video_rows = measure_video(qa, size, frames, height, width, methods, args.runs, args.new_tokens)
             rows.extend(video_rows)
             print("\n".join(_table(video_rows).splitlines()[2:]), flush=True)
         del qa

@@ -29,6 +29,18 @@ METHODS: dict[str, str] = {
     "vidcom2": "VidCom2 (official code): uniqueness-scaled budgets, tokens least like the video and group centres",
 }
 
+# Display names, for figures, tables and messages.
+METHOD_LABELS: dict[str, str] = {
+    "vcast": "V-CAST",
+    "uniform": "uniform",
+    "uniqueness": "uniqueness",
+    "first_2x2": "first 2x2",
+    "random_2x2": "random 2x2",
+    "avgpool_2x2": "avg-pool 2x2",
+    "evs": "EVS (vLLM)",
+    "vidcom2": "VidCom2",
+}
+
 # Options each method takes besides `grid_hw` (accepted by every method, required by the 2x2 ones).
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "vcast": ("temperature", "min_tokens_per_frame", "allocation"),

@@ -1,12 +1,15 @@
-"""VideoQA: load a Qwen3-VL model once, answer questions about videos with and without V-CAST.
+"""VideoQA: load a video LLM once, answer questions about videos with V-CAST, other methods and unpruned.
 
-One call of `answer` decodes the video once, preprocesses it once, runs the vision tower once, and
-then generates twice from the same features: on the V-CAST selection, and (compare=True) on all
-visual tokens. Each pass reports what it cost.
+One answer is three public steps, each done once per video however many methods are compared:
+`prepare` (decode the video, run the processor, the vision tower and the unpruned positions), then
+per method a selection (`select`, i.e. `vcast.prune`) and a generation (`generate`) from the same
+features. `answer` composes them for a list of methods plus the unpruned model, and each pass
+reports what it cost. The family-specific work sits behind `vcast.models.base.ModelAdapter`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
@@ -14,21 +17,22 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .config import ALLOCATIONS, VCastConfig
-from .core import Selection, allocate_budgets, allocation_weights, select_tokens, total_budget
-from .models import qwen3_vl
+from .core import Selection, allocate_budgets, allocation_weights, total_budget
+from .methods import METHOD_LABELS, METHODS, prune
+from .models.base import ModelAdapter, PassInputs, VisionFeatures, adapter_class, adapter_for, cache_argument
+from .models.base import generation_attention as _generation_attention
 from .models.decode import DecodeCaches
-from .models.inputs import clip_to_processor_inputs
-from .models.vision_attention import use_batched_vision_attention
-from .models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
+from .models.mrope import DEFAULT_VISION_CHUNK_PATCHES
 from .video import VideoClip, read_video
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-8B-Instruct"
@@ -36,8 +40,9 @@ TINY_MODEL_ID = "tiny"
 DEFAULT_MAX_NEW_TOKENS = 128
 MAX_NEW_TOKENS_LIMIT = 2048  # a hard cap per pass, whatever the caller asks for
 DEFAULT_MAX_GENERATION_S = 300.0  # wall-clock limit of one pass's generation
+FULL = "full"  # the name of the unpruned pass among the methods' passes
 
-# Called with (pass name, text piece) as a pass generates: "vcast" first, then "full".
+# Called with (pass name, text piece) as a pass generates: each method in turn, then "full".
 TokenCallback = Callable[[str, str], None]
 
 
@@ -69,8 +74,8 @@ class _CancelCriteria(StoppingCriteria):
 class PassMetrics:
     """The measured cost of one generation pass. Times in milliseconds.
 
-    vision_ms (the shared vision tower plus the unpruned rotary positions) is counted in both
-    passes' ttft_ms and total_ms, as if each pass had run alone; selection_ms is 0 for the full pass.
+    vision_ms (the shared vision tower plus the unpruned rotary positions) is counted in every
+    pass's ttft_ms and total_ms, as if each pass had run alone; selection_ms is 0 for the full pass.
     peak_memory_mb is torch.cuda.max_memory_allocated on a GPU and the process RSS on a CPU
     (`memory_kind` says which).
     """
@@ -89,36 +94,107 @@ class PassMetrics:
     memory_kind: str
 
 
+STOP_REASONS = {
+    "end_of_text": "the model finished its answer",
+    "token_limit": "the answer reached the new-token limit",
+    "time_limit": "the answer reached the time limit",
+    "cancelled": "the run was stopped",
+}
+
+
 @dataclass(frozen=True)
 class PassResult:
+    """One generation pass: its text, token ids, cost, and why it stopped (a key of STOP_REASONS)."""
+
     text: str
     token_ids: list[int]
     metrics: PassMetrics
+    method: str = "vcast"
+    stop_reason: str = "end_of_text"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question about one decoded clip, through the processor: ids etc. on the model's device,
+    pixels on the host (`VideoQA.prompt`); `VideoQA.encode` turns it into a `Prepared`."""
+
+    clip: VideoClip
+    question: str
+    inputs: Any
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One question about one video, decoded, processed and encoded once; every pass generates from it.
+
+    clip: the decoded frames; question: the question as asked; inputs: the processor's tensors
+    (ids on the model's device, pixels on the host); features: the vision tower's output
+    (`features.grouped()`: (T, N, D), what selection methods take); positions: the model's own
+    unpruned position ids of the prompt ((3, 1, L) for the Qwen families, (1, L) for LLaVA-OneVision);
+    vision_ms: the vision tower plus positions; vision_peak_mb: peak memory during it.
+    """
+
+    clip: VideoClip
+    question: str
+    inputs: Any
+    features: VisionFeatures
+    positions: torch.Tensor
+    vision_ms: float
+    vision_peak_mb: float
+    group_times: list[float]
+    processed_size: tuple[int, int]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(T, h, w): T temporal groups of h x w merged tokens."""
+        return self.features.grid
+
+    def grouped(self) -> torch.Tensor:
+        """(T, N, D) merged tokens, the input of `vcast.prune` / `vcast.select_tokens`."""
+        return self.features.grouped()
 
 
 @dataclass(frozen=True)
 class QAResult:
-    """Both answers and everything needed to show why.
+    """Every pass of one answer and everything needed to show why.
 
-    pruned: the V-CAST pass; full: the unpruned pass (None when compare=False).
-    selection: the V-CAST Selection (tensors on the CPU); grid: (T, h, w) merged-token grid;
-    processed_size: (height, width) in pixels of the frames the vision tower saw;
-    group_times: (T,) seconds, the middle of each temporal group's two frames.
-    allocations: per-group budgets of the same total under each strategy ("curvature", "uniform",
-    "uniqueness"; the configured one equals `selection.budgets`), for comparison plots.
+    passes: method name -> its pass, in the order the methods were asked for; full: the unpruned
+    pass (None when compare=False); selections: method name -> its Selection (tensors on the CPU);
+    grid: (T, h, w) merged-token grid; processed_size: (height, width) in pixels of the frames the
+    vision tower saw; group_times: (T,) seconds, the middle of each temporal group's frames;
+    allocations: per-group budgets of V-CAST's total under each allocation ("curvature", "uniform",
+    "uniqueness"), for comparison plots. `pruned` and `selection` are V-CAST's (else the first
+    method's) pass and selection.
     """
 
     question: str
-    pruned: PassResult
+    passes: dict[str, PassResult]
     full: PassResult | None
-    selection: Selection
+    selections: dict[str, Selection]
     grid: tuple[int, int, int]
     processed_size: tuple[int, int]
     group_times: list[float]
     clip: VideoClip
     config: VCastConfig
     model_id: str
+    family: str = "qwen3_vl"
     allocations: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.passes)
+
+    @property
+    def main_method(self) -> str:
+        return "vcast" if "vcast" in self.passes else next(iter(self.passes))
+
+    @property
+    def pruned(self) -> PassResult:
+        return self.passes[self.main_method]
+
+    @property
+    def selection(self) -> Selection:
+        return self.selections[self.main_method]
 
 
 class _Timer:
@@ -178,14 +254,14 @@ class _PassStreamer(BaseStreamer):
             self._printed = text
 
 
-def _comparison_allocations(grouped: torch.Tensor, selection: Selection, config: VCastConfig) -> dict[str, list[int]]:
-    """Budgets every allocation strategy would give, with the same total and bounds."""
+def comparison_allocations(grouped: torch.Tensor, curvature: torch.Tensor, config: VCastConfig) -> dict[str, list[int]]:
+    """Budgets every allocation strategy would give V-CAST's total, with the same bounds."""
     T, N, _ = grouped.shape
     total = total_budget(T, N, config)
     means = grouped.mean(dim=1, dtype=torch.float32)
     budgets = {}
     for name in ALLOCATIONS:
-        weights = allocation_weights(selection.curvature, means, allocation=name, temperature=config.temperature)
+        weights = allocation_weights(curvature.to(means.device), means, allocation=name, temperature=config.temperature)
         budgets[name] = allocate_budgets(
             weights, total, min_per_frame=min(config.min_tokens_per_frame, N), cap=N
         ).tolist()
@@ -220,7 +296,7 @@ def _rss_bytes() -> int:
 
 def _check_static_cache_options(generation_kwargs: dict) -> None:
     """compile_decode hands generate one static cache of batch 1: refuse what needs another cache."""
-    for name in ("past_key_values", "cache_implementation"):
+    for name in ("past_key_values", "cache", "cache_implementation"):
         if name in generation_kwargs:
             raise ValueError(f"{name} cannot be passed with compile_decode, which provides the KV cache itself")
     for name in ("num_beams", "num_return_sequences"):
@@ -229,10 +305,33 @@ def _check_static_cache_options(generation_kwargs: dict) -> None:
                              "Use a VideoQA without compile_decode.")  # fmt: skip
 
 
-class VideoQA:
-    """A Qwen3-VL model and processor, loaded once, answering questions about videos.
+def check_methods(methods: Sequence[str] | str) -> list[str]:
+    """The methods of an answer as a list of distinct known names; ValueError saying what is allowed."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError(f"choose at least one method: {', '.join(METHODS)}")
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; the methods are {', '.join(METHODS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"each method may be asked for once, got {', '.join(names)}")
+    return names
 
-    Build with `VideoQA.from_pretrained(model_id)` (hub or local folder) or `VideoQA.tiny()`.
+
+def tiny_family(model_id: str) -> str | None:
+    """The family of a tiny model name ("tiny" -> "qwen3_vl", "tiny-qwen2_5_vl" -> "qwen2_5_vl"), else None."""
+    if model_id == TINY_MODEL_ID:
+        return "qwen3_vl"
+    if model_id.startswith(TINY_MODEL_ID + "-"):
+        return model_id[len(TINY_MODEL_ID) + 1 :]
+    return None
+
+
+class VideoQA:
+    """A video LLM and its processor, loaded once, answering questions about videos.
+
+    Build with `VideoQA.from_pretrained(model_id)` (hub or local folder), `VideoQA.tiny(family=...)`
+    or `VideoQA.random_weights(name)`. Supported families: see `vcast.models.base.families()`.
     """
 
     def __init__(
@@ -241,18 +340,18 @@ class VideoQA:
         processor,
         *,
         model_id: str,
-        vision_chunk_patches: int = qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES,
+        vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES,
         processor_kwargs: dict | None = None,
         batched_vision_attention: bool = True,
         compile_vision: bool | str = False,
         compile_decode: bool = False,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
     ):
-        """Wrap a loaded Qwen3-VL `model` and its `processor`.
+        """Wrap a loaded `model` of a supported family and its `processor`.
 
-        batched_vision_attention: one attention call per vision layer for all frame pairs, the
-        patch embedding as a matrix product, and the rotary embedding without layout copies
-        (`vcast.models.vision_fast`): the same features, faster; only when the vision tower uses SDPA.
+        batched_vision_attention: faster, equal-result vision paths where the family has them
+        (Qwen3-VL, Qwen3.5: one attention call per vision layer for all frame pairs, the patch
+        embedding as a matrix product, the rotary embedding without layout copies; SDPA only).
         vision_chunk_patches: patches the vision tower encodes at once (activation memory vs speed).
         compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
         the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
@@ -266,25 +365,31 @@ class VideoQA:
         requests instead (the reported peak memory then includes them). Greedy or sampled decoding
         of one sequence only (no beams). On the CPU the caches are used without compilation.
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
+        Raises ValueError naming the supported families for a model of another family.
         """
-        qwen3_vl.check_supported(model)
-        if batched_vision_attention and model.config.vision_config._attn_implementation == "sdpa":
-            use_batched_vision_attention(model)
-            use_fused_vision_attention(model)
-            use_linear_patch_embed(model)
+        self.adapter: ModelAdapter = adapter_for(model, processor, processor_kwargs)
+        if batched_vision_attention:
+            self.adapter.speed_up_vision()
         if compile_vision:
             mode = compile_vision if isinstance(compile_vision, str) else None
-            model.model.visual.compile(dynamic=True, mode=mode)
+            self.adapter.vision_tower.compile(dynamic=True, mode=mode)
         self.decode_caches = DecodeCaches(model) if compile_decode else None
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
         self.max_generation_s = max_generation_s
-        self.processor_kwargs = processor_kwargs or {}
-        self.is_tiny = model_id == TINY_MODEL_ID
+        self.is_tiny = tiny_family(model_id) is not None
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def processor_kwargs(self) -> dict:
+        return self.adapter.processor_kwargs
 
     @classmethod
     def from_pretrained(
@@ -297,21 +402,25 @@ class VideoQA:
         max_pixels_per_video: int = 16384 * 32 * 32,
         compile_vision: bool | str = False,
         compile_decode: bool = False,
-        vision_chunk_patches: int = qwen3_vl.DEFAULT_VISION_CHUNK_PATCHES,
+        vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
         **loading_options,
     ) -> VideoQA:
-        """Load a Qwen3-VL checkpoint from the Hugging Face hub or a local folder.
+        """Load a checkpoint of a supported family from the Hugging Face hub or a local folder.
 
-        `max_pixels_per_video` is the processor's total pixel budget over the clip (each 32 x 32
-        pixels of a frame pair becomes one visual token); per-frame pixels are capped as in the
-        reference qwen-vl-utils. `compile_vision`, `compile_decode`, `vision_chunk_patches` and
-        `max_generation_s` are VideoQA's (see `__init__`); other keywords go to transformers' `from_pretrained`.
-        Raises ModelError with what to do when the checkpoint is unreachable, unknown, or not Qwen3-VL.
+        The family comes from the checkpoint's `config.model_type`. `max_pixels_per_video` is the
+        processor's total pixel budget over the clip, in Qwen3-VL's 32 x 32-pixel merged tokens (the
+        other Qwen families get the same token budget; LLaVA-OneVision's frames are always 384 pixels).
+        `compile_vision`, `compile_decode`, `vision_chunk_patches` and `max_generation_s` are VideoQA's
+        (see `__init__`); other keywords go to transformers' `from_pretrained`. "tiny" or
+        "tiny-<family>" builds the offline tiny model instead. Raises ModelError with what to do when
+        the checkpoint is unreachable, unknown, or of an unsupported family.
         """
-        if model_id == TINY_MODEL_ID:
-            return cls.tiny(compile_vision=compile_vision, compile_decode=compile_decode,
-                            vision_chunk_patches=vision_chunk_patches, max_generation_s=max_generation_s)  # fmt: skip
+        options = {"compile_vision": compile_vision, "compile_decode": compile_decode,
+                   "vision_chunk_patches": vision_chunk_patches, "max_generation_s": max_generation_s}  # fmt: skip
+        family = tiny_family(model_id)
+        if family is not None:
+            return cls.tiny(family=family, **options)
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         # Without the hub, only a local folder or a copy in the local cache can load; find out in
@@ -327,44 +436,49 @@ class VideoQA:
                 f"Could not load the model {model_id!r}: {why}. Check the name and your connection, pass a local "
                 "folder, or run offline on the tiny random model (`--model tiny`, VideoQA.tiny())."
             ) from err
-        if config.model_type not in qwen3_vl.SUPPORTED_MODEL_TYPES:
-            raise ModelError(
-                f"{model_id!r} is a {config.model_type!r} model; V-CAST supports Qwen3-VL checkpoints "
-                "(Qwen/Qwen3-VL-2B/4B/8B/32B-Instruct and Qwen/Qwen3-VL-30B-A3B-Instruct)."
-            )
-        options = {"device_map": device_map, "dtype": dtype, **loading_options}
-        if attn_implementation is not None:
-            options["attn_implementation"] = attn_implementation
         try:
-            model = AutoModelForImageTextToText.from_pretrained(model_id, **options).eval()
+            adapter = adapter_class(config.model_type)
+        except ValueError as err:
+            raise ModelError(f"{model_id!r}: {err}") from err
+        loading = {"device_map": device_map, "dtype": dtype, **loading_options}
+        if attn_implementation is not None:
+            loading["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(model_id, **loading).eval()
             processor = AutoProcessor.from_pretrained(model_id, local_files_only=offline)
         except OSError as err:
             raise ModelError(f"Could not load the weights of {model_id!r}: {err}") from err
-        budget = {"size": {"shortest_edge": 128 * 32 * 32, "longest_edge": max_pixels_per_video}}
-        return cls(model, processor, model_id=model_id, processor_kwargs={**budget, "cap_pixels_per_frame": True},
-                   compile_vision=compile_vision, compile_decode=compile_decode,
-                   vision_chunk_patches=vision_chunk_patches, max_generation_s=max_generation_s)  # fmt: skip
+        return cls(model, processor, model_id=model_id, processor_kwargs=adapter.pixel_budget(max_pixels_per_video),
+                   **options)  # fmt: skip
 
     @classmethod
-    def tiny(cls, seed: int = 0, *, moe: bool = False, attn_implementation: str = "sdpa", **options) -> VideoQA:
-        """A tiny random Qwen3-VL of the real architecture, with an offline tokenizer and processor.
+    def tiny(cls, seed: int = 0, *, family: str = "qwen3_vl", moe: bool = False, attn_implementation: str = "sdpa",
+             **options) -> VideoQA:  # fmt: skip
+        """A tiny random model of a family's real architecture ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl",
+        "qwen3_5", "qwen3_5_moe", "llava_onevision"), with an offline tokenizer and processor.
         `options` are VideoQA's (`compile_vision`, `vision_chunk_patches`, `max_generation_s`, ...)."""
+        from .models.configs import TINY_FAMILIES
         from .models.tiny import tiny_model, tiny_processor
 
-        model = tiny_model(seed=seed, moe=moe, attn_implementation=attn_implementation)
-        processor = tiny_processor()
+        if moe and family == "qwen3_vl":
+            family = "qwen3_vl_moe"
+        if family not in TINY_FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
+        model = tiny_model(family=family, seed=seed, attn_implementation=attn_implementation)
+        processor = tiny_processor(family.removesuffix("_moe"))
         # Random weights pick bytes at random; keeping them to printable ASCII shows readable noise
         # instead of broken characters. Real checkpoints are left alone.
         vocab = processor.tokenizer.get_vocab()
         readable = {vocab[c] for c in map(chr, range(33, 127))} | {vocab["Ġ"]}  # "Ġ" is the space byte
-        all_ids = range(model.config.text_config.vocab_size)
+        all_ids = range(model.config.get_text_config().vocab_size)
         model.generation_config.suppress_tokens = [i for i in all_ids if i not in readable]
-        return cls(model, processor, model_id=TINY_MODEL_ID, **options)
+        model_id = TINY_MODEL_ID if family == "qwen3_vl" else f"{TINY_MODEL_ID}-{family}"
+        return cls(model, processor, model_id=model_id, **options)
 
     @classmethod
     def random_weights(
         cls,
-        size: str = "8B",
+        name: str = "8B",
         *,
         device: str | torch.device = "cuda",
         dtype: torch.dtype = torch.bfloat16,
@@ -372,15 +486,117 @@ class VideoQA:
         max_pixels_per_frame: int = 768 * 32 * 32,
         **options,
     ) -> VideoQA:
-        """A random-weight model with the real shapes of Qwen3-VL-{size} and an offline processor:
-        the real costs of that model, offline (benchmarks, GPU checks); its answers are noise."""
-        from .models.tiny import QWEN_SPECIAL_IDS, offline_processor, random_model
+        """A random-weight model with the real shapes of a released checkpoint and an offline processor:
+        the real costs of that model, offline (benchmarks, GPU checks); its answers are noise.
+        name: a Qwen3-VL size ("2B", "8B", "30B-A3B", ...) or "Qwen2.5-VL-7B", "Qwen3.5-9B",
+        "LLaVA-OneVision-7B" (`vcast.models.configs.real_model_names()`)."""
+        from .models.configs import REAL_SIZES
+        from .models.tiny import random_model, real_processor
 
-        model = random_model(size, device=device, dtype=dtype, attn_implementation=attn_implementation)
-        processor = offline_processor(max_pixels_per_frame, QWEN_SPECIAL_IDS)
-        return cls(model, processor, model_id=f"random-weights:Qwen3-VL-{size}", **options)
+        model = random_model(name, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        processor = real_processor(name, max_pixels_per_frame)
+        label = f"Qwen3-VL-{name}" if name in REAL_SIZES else name
+        return cls(model, processor, model_id=f"random-weights:{label}", **options)
 
-    # -- answering --------------------------------------------------------------------------------
+    # -- the public steps -------------------------------------------------------------------------
+
+    def check_question(self, question: str) -> str:
+        """The question if a model may read it; ValueError with what to change otherwise.
+
+        Questions are user text: control tokens of the chat format typed into them (`<|im_end|>`,
+        `<|video_pad|>`, ...) would be read as real turns or placeholders, so they are refused.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("Please ask a question about the video (the question is empty).")
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                "The question contains characters that are not valid text (a lone surrogate, e.g. from a broken "
+                "paste or a wrongly encoded file); please retype it."
+            ) from err
+        found = [(question.find(t), -len(t), t) for t in self.adapter.special_tokens() if t in question]
+        if found:
+            token = min(found)[2]  # the first in the text (the longest where two start at once)
+            raise ValueError(
+                f"The question contains {token!r}, a control token of the model's chat format; remove it "
+                "(questions are plain text)."
+            )
+        return question
+
+    def prompt(self, video: str | os.PathLike | VideoClip, question: str, *,
+               num_frames: int | None = None) -> Prompt:  # fmt: skip
+        """Check the question, decode `video` (a path or a VideoClip) and run the processor: the CPU
+        half of `prepare`. Raises VideoError for an unusable video, ValueError for a bad question."""
+        self.check_question(question)
+        clip = video if isinstance(video, VideoClip) else read_video(video, num_frames=num_frames)
+        return Prompt(clip=clip, question=question, inputs=self.adapter.processor_inputs(clip, question))
+
+    def encode(self, prompt: Prompt, *, cancel: threading.Event | None = None) -> Prepared:
+        """The vision tower over the prompt's video and the model's unpruned positions (timed): the
+        GPU half of `prepare`. Raises ModelError when the model fails, Cancelled when `cancel` is set."""
+        stage = ["encoding the frames"]
+        with self._model_errors(stage):
+            return self._encode(prompt, cancel or threading.Event())
+
+    def prepare(self, video: str | os.PathLike | VideoClip, question: str, *, num_frames: int | None = None,
+                cancel: threading.Event | None = None) -> Prepared:  # fmt: skip
+        """Decode `video` (a path or a VideoClip), run the processor, the vision tower and the model's
+        unpruned positions, once: every pass of every method then generates from the result
+        (`prompt` then `encode`).
+
+        Raises VideoError for an unusable video, ValueError for a question that cannot be asked,
+        ModelError when the model fails (out of memory: what to try), Cancelled when `cancel` is set.
+        """
+        return self.encode(self.prompt(video, question, num_frames=num_frames), cancel=cancel)
+
+    def select(self, prepared: Prepared, method: str = "vcast", *, config: VCastConfig | None = None,
+               **options) -> Selection:  # fmt: skip
+        """`vcast.prune` on the prepared features: `method` at `config.retain_ratio` (V-CAST also takes
+        the config's temperature, allocation and minimum per group). The grid of the merged tokens is
+        passed for the 2x2 methods. `options` go to `vcast.prune`."""
+        config = config or VCastConfig()
+        if method == "vcast":
+            options = {"temperature": config.temperature, "min_tokens_per_frame": config.min_tokens_per_frame,
+                       "allocation": config.allocation, **options}  # fmt: skip
+        options.setdefault("grid_hw", tuple(prepared.grid[1:]))
+        with torch.inference_mode():
+            return prune(prepared.grouped(), method=method, retain_ratio=config.retain_ratio, **options)
+
+    def pass_inputs(self, prepared: Prepared, selection: Selection | None = None) -> PassInputs:
+        """What `generate` (or a plain forward) takes for one pass: all visual tokens (selection None)
+        or the selection's, at their unpruned positions."""
+        with torch.inference_mode():
+            return self.adapter.pass_inputs(prepared.inputs, prepared.features, prepared.positions, selection)
+
+    def generate(
+        self,
+        prepared: Prepared,
+        selection: Selection | None = None,
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        selection_ms: float = 0.0,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        **generation_kwargs,
+    ) -> PassResult:
+        """Generate one pass from a `Prepared`: on `selection`'s tokens, or on all of them (None).
+
+        Greedy unless sampling parameters are passed. `on_token(piece)` receives the text as it is
+        generated; `selection_ms` (the selection's own time) is counted in the pass's TTFT and total.
+        """
+        _check_max_new_tokens(max_new_tokens)
+        if self.decode_caches is not None:
+            _check_static_cache_options(generation_kwargs)
+        cancel = cancel or threading.Event()
+        name = FULL if selection is None else selection.method
+        stage = [f"generating the {METHOD_LABELS.get(name, 'unpruned')} answer"]
+        with self._model_errors(stage):
+            inputs = self.pass_inputs(prepared, selection)
+            visual_in = prepared.features.num_tokens
+            emit = None if on_token is None else (lambda _, piece: on_token(piece))
+            return self._generate(name, inputs, visual_in, prepared.vision_ms, selection_ms, prepared.vision_peak_mb,
+                                  max_new_tokens, emit, cancel, generation_kwargs)  # fmt: skip
 
     def answer(
         self,
@@ -388,112 +604,70 @@ class VideoQA:
         question: str,
         *,
         config: VCastConfig | None = None,
+        methods: Sequence[str] | str = ("vcast",),
         compare: bool = True,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         num_frames: int | None = None,
         on_token: TokenCallback | None = None,
         cancel: threading.Event | None = None,
+        method_options: dict[str, dict] | None = None,
         **generation_kwargs,
     ) -> QAResult:
-        """Answer `question` about `video` (a path or a VideoClip) with V-CAST, and unpruned if `compare`.
+        """Answer `question` about `video` with each of `methods` (default V-CAST) and, if `compare`, unpruned.
 
-        Greedy decoding unless sampling parameters are passed (do_sample=True, temperature, ...).
-        `on_token(pass_name, text_piece)` receives each pass's text as it is generated. Setting `cancel`
-        stops the work at the next token or stage and raises Cancelled. Running out of GPU memory frees
-        what the request held and raises ModelError saying what to try.
+        One decode, one vision pass and one set of positions serve every pass. All methods share
+        `config.retain_ratio`; V-CAST also uses the config's other settings; `method_options` gives
+        per-method options of `vcast.prune` (e.g. {"random_2x2": {"seed": 3}}). Greedy decoding unless
+        sampling parameters are passed. `on_token(pass_name, text_piece)` receives each pass's text as
+        it is generated (methods in order, then "full"). Setting `cancel` stops the work at the next
+        token or stage and raises Cancelled. Running out of GPU memory frees what the request held and
+        raises ModelError saying what to try.
         """
         config = config or VCastConfig()
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("Please ask a question about the video (the question is empty).")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-            raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
-        if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
+        methods = check_methods(methods)
+        if not isinstance(compare, bool):
+            raise ValueError(f"compare must be True or False, got {compare!r}")
+        _check_max_new_tokens(max_new_tokens)
         if self.decode_caches is not None:
             _check_static_cache_options(generation_kwargs)
+        method_options = method_options or {}
         cancel = cancel or threading.Event()
-        clip = video if isinstance(video, VideoClip) else read_video(video, num_frames=num_frames)
-        stage = ["preparing the frames"]  # the step under way, for the out-of-memory message
-        try:
-            return self._answer(clip, question, config, compare, max_new_tokens, on_token, cancel, generation_kwargs,
-                                stage)  # fmt: skip
-        except torch.OutOfMemoryError as err:
-            self._free_memory()
-            raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
-        except torch._dynamo.exc.TorchDynamoException as err:  # compiling on a machine that cannot compile
-            what = "the vision tower" if stage[0] == "encoding the frames" else "the decode step"
-            raise ModelError(
-                f"Compiling {what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                "run without compile_vision / compile_decode (--compile-vision / --compile-decode)."
-            ) from err
-
-    def _answer(
-        self,
-        clip: VideoClip,
-        question: str,
-        config: VCastConfig,
-        compare: bool,
-        max_new_tokens: int,
-        on_token: TokenCallback | None,
-        cancel: threading.Event,
-        generation_kwargs: dict,
-        stage: list[str],
-    ) -> QAResult:
-        inputs = self._processor_inputs(clip, question)
-        qwen3_vl.check_single_video(inputs)
-
-        # One vision pass and one set of unpruned positions serve both generations.
-        stage[0] = "encoding the frames"
-        self._check(cancel)
-        self._reset_peak()
-        with torch.inference_mode(), _Timer(self.device) as vision:
-            prompt = qwen3_vl.prompt_on_host(inputs)
-            features = qwen3_vl.encode_video(
-                self.model,
-                inputs["pixel_values_videos"],
-                inputs["video_grid_thw"],
-                chunk_patches=self.vision_chunk_patches,
-            )
-            positions = qwen3_vl.rope_positions(self.model, prompt, device=self.device)  # overlaps the GPU work
-        vision_peak = self._peak_memory()
-
-        stage[0] = "selecting tokens"
-        with torch.inference_mode(), _Timer(self.device) as selecting:
-            selection = select_tokens(features.grouped(), config)
-            pruned_inputs = qwen3_vl.pass_inputs(self.model, inputs, features, positions, selection.keep)
-        allocations = _comparison_allocations(features.grouped(), selection, config)
-        visual_tokens = int(features.embeds.shape[0])
-        grid = features.grid
-        if not compare:
-            del features  # the pruned pass holds its own slices; free the unpruned features first
-        stage[0] = "generating the V-CAST answer"
-        self._check(cancel)
-        pruned = self._generate(
-            "vcast", pruned_inputs, visual_tokens, vision.ms, selecting.ms, vision_peak, max_new_tokens, on_token,
-            cancel, generation_kwargs,
-        )  # fmt: skip
-        full = None
-        if compare:
-            stage[0] = "generating the unpruned answer"
-            self._check(cancel)
-            full_inputs = qwen3_vl.pass_inputs(self.model, inputs, features, positions)
-            full = self._generate(
-                "full", full_inputs, visual_tokens, vision.ms, 0.0, vision_peak, max_new_tokens, on_token,
-                cancel, generation_kwargs,
-            )  # fmt: skip
+        prompt = self.prompt(video, question, num_frames=num_frames)
+        stage = ["encoding the frames"]
+        with self._model_errors(stage):
+            prepared = self._encode(prompt, cancel)
+            shown = _Shown.of(prepared)  # what the result needs once the features are gone
+            passes, selections, allocations = {}, {}, {}
+            for i, method in enumerate(methods):
+                stage[0] = "selecting tokens"
+                self._check(cancel)
+                with _Timer(self.device) as selecting:
+                    selection = self.select(prepared, method, config=config, **method_options.get(method, {}))
+                    pass_inputs = self.pass_inputs(prepared, selection)
+                if not allocations:
+                    allocations = comparison_allocations(prepared.grouped(), selection.curvature, config)
+                selections[method] = _on_host(selection)
+                if i == len(methods) - 1 and not compare:
+                    prepared = None  # the last pass holds its own slices: free the unpruned features first
+                stage[0] = f"generating the {METHOD_LABELS[method]} answer"
+                self._check(cancel)
+                passes[method] = self._generate(
+                    method, pass_inputs, shown.visual_tokens, shown.vision_ms, selecting.ms, shown.vision_peak_mb,
+                    max_new_tokens, on_token, cancel, generation_kwargs,
+                )  # fmt: skip
+                del pass_inputs
+            full = None
+            if compare:
+                stage[0] = "generating the unpruned answer"
+                self._check(cancel)
+                full = self._generate(FULL, self.pass_inputs(prepared, None), shown.visual_tokens, shown.vision_ms,
+                                      0.0, shown.vision_peak_mb, max_new_tokens, on_token, cancel,
+                                      generation_kwargs)  # fmt: skip
         return QAResult(
-            question=question,
-            pruned=pruned,
-            full=full,
-            selection=_on_host(selection),
-            grid=grid,
-            processed_size=(grid[1] * 32, grid[2] * 32),
-            group_times=((clip.timestamps[0::2] + clip.timestamps[1::2]) / 2).tolist(),
-            clip=clip,
-            config=config,
-            model_id=self.model_id,
-            allocations=allocations,
-        )
+            question=question, passes=passes, full=full, selections=selections, grid=shown.grid,
+            processed_size=shown.processed_size, group_times=shown.group_times, clip=shown.clip,
+            config=config, model_id=self.model_id, family=self.family, allocations=allocations,
+        )  # fmt: skip
 
     def warm_up(self, video: str | os.PathLike | VideoClip, *, num_frames: int = 4) -> float:
         """One short run of both passes, so the first real request's timings hold no one-time set-up
@@ -504,9 +678,9 @@ class VideoQA:
         return time.perf_counter() - started
 
     def stream(self, video, question: str, **answer_kwargs) -> Iterator[tuple[str, str | QAResult]]:
-        """`answer` as a stream of events: ("vcast" | "full", text piece) as tokens arrive, then
-        ("done", QAResult). An error in the worker is raised here, in the caller's thread; closing the
-        stream early cancels the work."""
+        """`answer` as a stream of events: (pass name, text piece) as tokens arrive (each method's name,
+        then "full"), then ("done", QAResult). An error in the worker is raised here, in the caller's
+        thread; closing the stream early cancels the work."""
         events: queue.Queue = queue.Queue()
         cancel = threading.Event()
 
@@ -535,21 +709,38 @@ class VideoQA:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _processor_inputs(self, clip: VideoClip, question: str):
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        video_kwargs = clip_to_processor_inputs(clip)
-        inputs = self.processor(text=[text], return_tensors="pt", **video_kwargs, **self.processor_kwargs)
-        # The patches stay on the host: the vision tower takes them chunk by chunk.
-        pixels = inputs.pop("pixel_values_videos")
-        inputs = inputs.to(self.device)
-        inputs["pixel_values_videos"] = pixels.pin_memory() if self.device.type == "cuda" else pixels
-        return inputs
+    def _encode(self, prompt: Prompt, cancel: threading.Event) -> Prepared:
+        self._check(cancel)
+        self._reset_peak()
+        with torch.inference_mode(), _Timer(self.device) as vision:
+            on_host = self.adapter.prompt_on_host(prompt.inputs)
+            features = self.adapter.encode(prompt.inputs, chunk_patches=self.vision_chunk_patches)
+            positions = self.adapter.positions(on_host, device=self.device)  # overlaps the GPU work
+        return Prepared(
+            clip=prompt.clip, question=prompt.question, inputs=prompt.inputs, features=features, positions=positions,
+            vision_ms=vision.ms, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),
+            processed_size=self.adapter.processed_size(features),
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _model_errors(self, stage: list[str]) -> Iterator[None]:
+        """Turns out-of-memory and compilation failures into ModelError saying what to try."""
+        try:
+            yield
+        except torch.OutOfMemoryError as err:
+            self._free_memory()
+            raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
+        except torch._dynamo.exc.TorchDynamoException as err:  # compiling on a machine that cannot compile
+            what = "the vision tower" if stage[0] == "encoding the frames" else "the decode step"
+            raise ModelError(
+                f"Compiling {what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "run without compile_vision / compile_decode (--compile-vision / --compile-decode)."
+            ) from err
 
     def _generate(
         self,
         name: str,
-        pass_inputs: qwen3_vl.PassInputs,
+        pass_inputs: PassInputs,
         visual_tokens_in: int,
         vision_ms: float,
         selection_ms: float,
@@ -573,12 +764,14 @@ class VideoQA:
             torch.cuda.synchronize()
         start = time.perf_counter()
         if self.decode_caches is not None:  # allocating the cache is part of this pass's prefill
-            kwargs["past_key_values"] = self.decode_caches.get(int(pass_inputs.input_ids.shape[1]) + max_new_tokens)
-        with torch.inference_mode(), qwen3_vl.generation_attention(self.device):
+            length = int(pass_inputs.input_ids.shape[1]) + max_new_tokens
+            kwargs[cache_argument(self.model)] = self.decode_caches.get(length)
+        with torch.inference_mode(), _generation_attention(self.device):
             self.model.generate(**pass_inputs.generate_kwargs(), streamer=streamer, **kwargs)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         end = time.perf_counter()
+        stop_reason = self._stop_reason(streamer.token_ids, max_new_tokens, cancel)
         self._check(cancel)
         first = streamer.first_token_at or end
         new_tokens = len(streamer.token_ids)
@@ -600,7 +793,21 @@ class VideoQA:
             memory_kind="cuda_max_allocated" if self.device.type == "cuda" else "process_rss",
         )
         text = self.processor.tokenizer.decode(streamer.token_ids, skip_special_tokens=True)
-        return PassResult(text=text, token_ids=list(streamer.token_ids), metrics=metrics)
+        return PassResult(text=text, token_ids=list(streamer.token_ids), metrics=metrics, method=name,
+                          stop_reason=stop_reason)  # fmt: skip
+
+    def _stop_reason(self, token_ids: list[int], max_new_tokens: int, cancel: threading.Event) -> str:
+        """Why generation ended: cancelled, at the token cap, at an end-of-text token, else the time limit."""
+        if cancel.is_set():
+            return "cancelled"
+        if len(token_ids) >= max_new_tokens:
+            return "token_limit"
+        eos = self.model.generation_config.eos_token_id
+        eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        eos.add(self.processor.tokenizer.eos_token_id)
+        if token_ids and token_ids[-1] in eos:
+            return "end_of_text"
+        return "time_limit"
 
     @staticmethod
     def _check(cancel: threading.Event) -> None:
@@ -623,3 +830,30 @@ class VideoQA:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return max(rss_seen, _rss_bytes()) / 2**20
+
+
+def _check_max_new_tokens(max_new_tokens: int) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
+
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """The parts of a Prepared that a QAResult shows, without the features' memory."""
+
+    clip: VideoClip
+    grid: tuple[int, int, int]
+    processed_size: tuple[int, int]
+    group_times: list[float]
+    visual_tokens: int
+    vision_ms: float
+    vision_peak_mb: float
+
+    @classmethod
+    def of(cls, prepared: Prepared) -> _Shown:
+        return cls(clip=prepared.clip, grid=prepared.grid, processed_size=prepared.processed_size,
+                   group_times=prepared.group_times, visual_tokens=prepared.features.num_tokens,
+                   vision_ms=prepared.vision_ms, vision_peak_mb=prepared.vision_peak_mb)  # fmt: skip

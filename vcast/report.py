@@ -1,0 +1,98 @@
+"""What one answer shows a user, in plain records: the JSON record and the cost table the CLI and the app share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .methods import METHOD_LABELS as _LABELS
+from .pipeline import FULL, QAResult
+
+METHOD_LABELS = {**_LABELS, FULL: "unpruned"}  # the methods' display names and the unpruned pass's
+
+# (label, PassMetrics field, format, whether a ratio to the unpruned pass means something)
+METRIC_ROWS = (
+    ("visual tokens", "visual_tokens_kept", "{:.0f}", True),
+    ("sequence length", "sequence_length", "{:.0f}", True),
+    ("vision ms (shared)", "vision_ms", "{:.1f}", False),
+    ("selection ms", "selection_ms", "{:.2f}", False),
+    ("prefill ms", "prefill_ms", "{:.1f}", True),
+    ("time to first token ms", "ttft_ms", "{:.1f}", True),
+    ("decode tokens/s", "decode_tokens_per_s", "{:.1f}", True),
+    ("total ms", "total_ms", "{:.1f}", True),
+    ("peak memory MB", "peak_memory_mb", "{:.0f}", True),
+    ("new tokens", "new_tokens", "{:.0f}", False),
+)
+# Rows that only count (tokens, memory): the ones still meaningful where timings are not (a tiny model on a CPU).
+COUNT_FIELDS = ("visual_tokens_kept", "sequence_length", "peak_memory_mb", "new_tokens")
+
+
+def label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def result_record(result: QAResult) -> dict:
+    """A JSON-ready summary: every method's answer, metrics and budgets, the unpruned pass, the grid.
+
+    `vcast` (V-CAST's entry, or the first method's) and `budgets` are kept for clients written for a
+    single method.
+    """
+    selection = result.selection
+    methods = {
+        name: {
+            "answer": run.text,
+            "metrics": asdict(run.metrics),
+            "stop_reason": run.stop_reason,
+            "budgets": result.selections[name].budgets.tolist(),
+            "merging": result.selections[name].assign is not None,
+        }
+        for name, run in result.passes.items()
+    }
+    full = None
+    if result.full is not None:
+        run = result.full
+        full = {"answer": run.text, "metrics": asdict(run.metrics), "stop_reason": run.stop_reason}
+    return {
+        "model": result.model_id,
+        "family": result.family,
+        "question": result.question,
+        "config": asdict(result.config),
+        "methods": methods,
+        "vcast": methods[result.main_method],
+        "full": full,
+        "grid_thw": list(result.grid),
+        "group_times_s": [round(t, 3) for t in result.group_times],
+        "budgets": selection.budgets.tolist(),
+        "curvature": [round(c, 5) for c in selection.curvature.tolist()],
+    }
+
+
+def metric_table(result: QAResult, *, timings: bool = True) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the cost table: one column per pass (methods, then unpruned), then each method's
+    ratio to the unpruned pass where one means something. `timings=False` keeps only the counting rows
+    (timings of a tiny model on a CPU say nothing about pruning)."""
+    runs = [(label(name), run) for name, run in result.passes.items()]
+    if result.full is not None:
+        runs.append((label(FULL), result.full))
+    ratio_runs = [(name, run) for name, run in runs[: len(result.passes)]] if result.full is not None else []
+    header = ["", *(name for name, _ in runs), *(f"{name} / unpruned" for name, _ in ratio_runs)]
+    rows = []
+    for text, field, fmt, has_ratio in METRIC_ROWS:
+        if not timings and field not in COUNT_FIELDS:
+            continue
+        values = [getattr(run.metrics, field) for _, run in runs]
+        row = [text, *(fmt.format(v) for v in values)]
+        base = getattr(result.full.metrics, field) if result.full is not None else None
+        for _, run in ratio_runs:
+            mine = getattr(run.metrics, field)
+            row.append(f"{mine / base:.2f}" if has_ratio and base else "")
+        rows.append(row)
+    return header, rows
+
+
+def metric_text(result: QAResult, *, timings: bool = True) -> str:
+    """The cost table as aligned plain text (the CLI's)."""
+    header, rows = metric_table(result, timings=timings)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [header, *rows]]  # fmt: skip
+    return "\n".join(lines)
