@@ -163,7 +163,8 @@ class QAResult:
     grid: (T, h, w) merged-token grid; processed_size: (height, width) in pixels of the frames the
     vision tower saw; group_times: (T,) seconds, the middle of each temporal group's frames;
     allocations: per-group budgets of V-CAST's total under each allocation ("curvature", "uniform",
-    "uniqueness"), for comparison plots. `pruned` and `selection` are V-CAST's (else the first
+    "uniqueness"), for comparison plots; frames_per_group: sampled frames per temporal group (2 for
+    the Qwen families, 1 for LLaVA-OneVision). `pruned` and `selection` are V-CAST's (else the first
     method's) pass and selection.
     """
 
@@ -179,6 +180,7 @@ class QAResult:
     model_id: str
     family: str = "qwen3_vl"
     allocations: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    frames_per_group: int = 2
 
     @property
     def methods(self) -> list[str]:
@@ -667,6 +669,7 @@ class VideoQA:
             question=question, passes=passes, full=full, selections=selections, grid=shown.grid,
             processed_size=shown.processed_size, group_times=shown.group_times, clip=shown.clip,
             config=config, model_id=self.model_id, family=self.family, allocations=allocations,
+            frames_per_group=self.adapter.frames_per_group,
         )  # fmt: skip
 
     def warm_up(self, video: str | os.PathLike | VideoClip, *, num_frames: int = 4) -> float:

@@ -60,6 +60,7 @@ def result_record(result: QAResult) -> dict:
         "vcast": methods[result.main_method],
         "full": full,
         "grid_thw": list(result.grid),
+        "frames_per_group": result.frames_per_group,
         "group_times_s": [round(t, 3) for t in result.group_times],
         "budgets": selection.budgets.tolist(),
         "curvature": [round(c, 5) for c in selection.curvature.tolist()],
