@@ -18,32 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import _media as media
-from vcast import video
+from tests._media import HEIGHT, WIDTH, frame_number, numbered_frame
 from vcast.models.inputs import clip_to_processor_inputs
-from vcast.video import VideoClip, VideoError, read_video, sample_indices
-
-HEIGHT, WIDTH = 96, 160  # decord2 3.4 mis-sizes some small frames (96 x 64); this size it reads
-CODE_BITS = 10  # frame indices up to 1023, in 16-pixel blocks that survive lossy compression
-
-
-def numbered_frame(i: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: the bits of i as white/black blocks in the top rows, a colour below."""
-    frame = np.zeros((height, width, 3), np.uint8)
-    block = width // CODE_BITS
-    for bit in range(CODE_BITS):
-        if i >> bit & 1:
-            frame[: height // 3, bit * block : (bit + 1) * block] = 255
-    frame[height // 3 :] = ((37 * i) % 200 + 30, (11 * i) % 200 + 30, 128)
-    return frame
-
-
-def frame_number(frame: np.ndarray) -> int:
-    """Read back the index `numbered_frame` wrote (from an upright frame)."""
-    height, width = frame.shape[:2]
-    block = width // CODE_BITS
-    rows = frame[4 : height // 3 - 4].astype(np.float64).mean(axis=(0, 2))  # (W,)
-    bits = [rows[bit * block + 4 : (bit + 1) * block - 4].mean() > 128 for bit in range(CODE_BITS)]
-    return sum(1 << bit for bit, on in enumerate(bits) if on)
+from vcast.video import VideoClip, VideoError, decord_backend, read_video, sample_indices
 
 
 def write_video(path: Path, frames: np.ndarray, *, options: dict[str, str] | None = None, **kwargs) -> Path:
@@ -252,7 +229,7 @@ def test_decord_and_pyav_give_the_same_frames(clips, name):
 
 
 def test_auto_uses_pyav_when_decord_is_not_installed(clips, monkeypatch):
-    monkeypatch.setattr(video, "_decord_module", lambda: None)
+    monkeypatch.setattr(decord_backend, "decord_module", lambda: None)
     clip = read_video(clips["cfr"], num_frames=4)
     assert clip.backend == "pyav" and [frame_number(f) for f in clip.frames] == clip.indices.tolist()
     with pytest.raises(ImportError, match="pip install decord2"):
