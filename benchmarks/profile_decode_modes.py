@@ -19,14 +19,17 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from vcast.bench import synthetic_clip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.bench import synthetic_clip
 from vcast.config import VCastConfig
-from vcast.core import select_tokens
-from vcast.models import qwen3_vl
+from vcast.models.base import cache_argument, generation_attention
 from vcast.models.decode import DecodeCaches, cache_bytes
 from vcast.pipeline import VideoQA
 
@@ -54,7 +57,7 @@ def _attention(mode: str):
 
     backend = mode.partition("-")[2] if mode.startswith("static-") else ""
     if not backend:
-        return qwen3_vl.generation_attention(torch.device("cuda"))
+        return generation_attention(torch.device("cuda"))
     if backend == "default":
         return contextlib.nullcontext()
     first = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -63,20 +66,19 @@ def _attention(mode: str):
     return sdpa_kernel([first[backend], *rest], set_priority=True)
 
 
-def one_pass(qa, inputs, ratio, mode, new_tokens):
+def one_pass(qa, prompt, ratio, mode, new_tokens):
     model = qa.model
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     held = torch.cuda.memory_allocated()
     with torch.inference_mode():
-        features = qwen3_vl.encode_video(model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
-        positions = qwen3_vl.rope_positions(model, inputs)
-        keep = None if ratio is None else select_tokens(features.grouped(), VCastConfig(retain_ratio=ratio)).keep
-        pinputs = qwen3_vl.pass_inputs(model, inputs, features, positions, keep)
-        del features
+        prepared = qa.encode(prompt)
+        selection = None if ratio is None else qa.select(prepared, "vcast", config=VCastConfig(retain_ratio=ratio))
+        pinputs = qa.pass_inputs(prepared, selection)
+        del prepared
         kwargs = {}
         if mode.startswith("static"):  # the pool's cache for this length, the same object every pass (vcast.bench)
-            kwargs["past_key_values"] = cache = qa.decode_caches.get(int(pinputs.input_ids.shape[1]) + new_tokens)
+            kwargs[cache_argument(model)] = cache = qa.decode_caches.get(int(pinputs.input_ids.shape[1]) + new_tokens)
             held -= cache_bytes(cache)
         clock = _Clock()
         with _attention(mode):
@@ -90,21 +92,21 @@ def one_pass(qa, inputs, ratio, mode, new_tokens):
             "seq": int(pinputs.input_ids.shape[1])}  # fmt: skip
 
 
-def _passes(qa, inputs, mode, args) -> dict:
+def _passes(qa, prompt, mode, args) -> dict:
     """A warm-up pass of each method, then `args.runs` measured passes of each: back to back, or
     interleaved (one pass of each method per round)."""
     ratios = (None, 0.25)
     results: dict = {ratio: [] for ratio in ratios}
     if args.interleave:
         for ratio in ratios:
-            one_pass(qa, inputs, ratio, mode, args.new_tokens)
+            one_pass(qa, prompt, ratio, mode, args.new_tokens)
         for _ in range(args.runs):
             for ratio in ratios:
-                results[ratio].append(one_pass(qa, inputs, ratio, mode, args.new_tokens))
+                results[ratio].append(one_pass(qa, prompt, ratio, mode, args.new_tokens))
         return results
     for ratio in ratios:
-        one_pass(qa, inputs, ratio, mode, args.new_tokens)
-        results[ratio] = [one_pass(qa, inputs, ratio, mode, args.new_tokens) for _ in range(args.runs)]
+        one_pass(qa, prompt, ratio, mode, args.new_tokens)
+        results[ratio] = [one_pass(qa, prompt, ratio, mode, args.new_tokens) for _ in range(args.runs)]
     return results
 
 
@@ -132,9 +134,9 @@ def main() -> None:
                 layer.compile(dynamic=True)
         for spec in args.videos.split(","):
             frames, height, width = (int(v) for v in spec.split("x"))
-            inputs = qa._processor_inputs(synthetic_clip(frames, height, width), "Describe the video.")
+            prompt = qa.prompt(synthetic_clip(frames, height, width), "Describe the video.")
             try:
-                results = _passes(qa, inputs, mode, args)
+                results = _passes(qa, prompt, mode, args)
             except Exception as err:  # report and go on with the next mode
                 print(json.dumps({"mode": mode, "video": spec, "error": repr(err)[:400]}))
                 continue
@@ -151,7 +153,7 @@ def main() -> None:
             layer._compiled_call_impl = None
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=activities) as prof:
-            one_pass(qa, inputs, None, "dynamic", 16)
+            one_pass(qa, prompt, None, "dynamic", 16)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60))
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60))
 

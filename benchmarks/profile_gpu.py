@@ -6,12 +6,15 @@ python benchmarks/profile_gpu.py [--size 8B] [--what vision|decode] [--frames 12
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.bench import synthetic_clip
 from vcast import VCastConfig
-from vcast.bench import synthetic_clip
-from vcast.models import qwen3_vl
 from vcast.pipeline import VideoQA
 
 
@@ -23,25 +26,21 @@ def main() -> None:
     parser.add_argument("--what", choices=("vision", "decode"), default="vision")
     args = parser.parse_args()
     qa = VideoQA.random_weights(args.size)
-    inputs = qa._processor_inputs(synthetic_clip(args.frames, 352, 640), "Describe the video.")
+    prompt = qa.prompt(synthetic_clip(args.frames, 352, 640), "Describe the video.")
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     if args.what == "vision":
         with torch.inference_mode():
             for _ in range(2):
-                qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+                qa.encode(prompt)
             with torch.profiler.profile(activities=activities) as prof:
-                qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+                qa.encode(prompt)
                 torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
         return
     with torch.inference_mode():
-        features = qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"])
-        positions = qwen3_vl.rope_positions(qa.model, inputs)
-        from vcast import select_tokens
-
-        keep = select_tokens(features.grouped(), VCastConfig()).keep
-        pruned = qwen3_vl.pass_inputs(qa.model, inputs, features, positions, keep)
+        prepared = qa.encode(prompt)
+        pruned = qa.pass_inputs(prepared, qa.select(prepared, "vcast", config=VCastConfig()))
         kwargs = {**pruned.generate_kwargs(), "do_sample": False}
         qa.model.generate(**kwargs, max_new_tokens=4, min_new_tokens=4)
         with torch.profiler.profile(activities=activities) as prof:

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
-from vcast import bench
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks import bench
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches
 from vcast.pipeline import VideoQA
 
@@ -85,26 +89,26 @@ def main(argv: list[str] | None = None) -> None:
     qa = VideoQA.random_weights(args.size, max_pixels_per_frame=1024 * 32 * 32, compile_vision=True,
                                 compile_decode=args.compile_decode)  # fmt: skip
     clip = bench.synthetic_clip(frames, height, width)
-    inputs = qa._processor_inputs(clip, "Describe what happens in this video in detail.")
-    ratio = None if args.ratio >= 1 else args.ratio
+    prompt = qa.prompt(clip, "Describe what happens in this video in detail.")
+    method = None if args.ratio >= 1 else ("vcast", args.ratio)
     buckets = [int(b) for b in args.buckets.split(",")] if args.compile_decode else [None]
     report = []
     for bucket in buckets:
         if bucket is not None:
             qa.decode_caches = DecodeCaches(qa.model, bucket=bucket)
         print(f"--- {args.size} {args.video} R={args.ratio} static-cache bucket {bucket}")
-        report.append({"bucket": bucket, **_profile(qa, inputs, ratio, args)})
+        report.append({"bucket": bucket, **_profile(qa, prompt, method, args)})
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"args": vars(args), "profiles": report}, handle, indent=1)
 
 
-def _profile(qa: VideoQA, inputs, ratio: float | None, args) -> dict:
-    for method in (None, ratio):  # warm-up and compilation of both, in the bench's order
-        bench._one_pass(qa, inputs, method, args.new_tokens)
+def _profile(qa: VideoQA, prompt, method, args) -> dict:
+    for each in (None, method):  # warm-up and compilation of both, in the bench's order
+        bench.one_pass(qa, prompt, each, args.new_tokens)
     torch.cuda.synchronize()
     torch.cuda.memory._record_memory_history(max_entries=1_000_000, context="all", stacks="python")
-    result = bench._one_pass(qa, inputs, ratio, args.new_tokens)
+    result = bench.one_pass(qa, prompt, method, args.new_tokens)
     torch.cuda.synchronize()
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)

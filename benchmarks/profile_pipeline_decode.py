@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import cProfile
 import pstats
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.bench import synthetic_clip
 from vcast import VCastConfig
-from vcast.bench import synthetic_clip
 from vcast.pipeline import VideoQA
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from vcast.bench import synthetic_clip
-from vcast.models import qwen3_vl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.bench import synthetic_clip
 from vcast.models.vision_attention import use_batched_vision_attention
 from vcast.models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
 from vcast.pipeline import VideoQA
@@ -52,10 +53,10 @@ def _backend(name: str | None):
                         "efficient": SDPBackend.EFFICIENT_ATTENTION}[name])  # fmt: skip
 
 
-def time_variant(qa: VideoQA, inputs, chunk: int, runs: int) -> dict:
-    pixels, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+def time_variant(qa: VideoQA, prompt, chunk: int, runs: int) -> dict:
+    qa.vision_chunk_patches = chunk
     with torch.inference_mode():
-        first = qwen3_vl.encode_video(qa.model, pixels, grid, chunk_patches=chunk)  # warm-up / compile
+        first = qa.encode(prompt).features  # warm-up / compile
         reference = first.embeds.clone()
         del first
         torch.cuda.synchronize()
@@ -66,7 +67,7 @@ def time_variant(qa: VideoQA, inputs, chunk: int, runs: int) -> dict:
             held, held_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = qwen3_vl.encode_video(qa.model, pixels, grid, chunk_patches=chunk)
+            out = qa.encode(prompt).features
             stop.record()
             stop.synchronize()
             times.append(start.elapsed_time(stop))
@@ -110,13 +111,12 @@ def main(argv: list[str] | None = None) -> None:
             visual.compile(**compile_kwargs)
         for spec in args.videos.split(","):
             frames, height, width = (int(v) for v in spec.split("x"))
-            inputs = qa._processor_inputs(synthetic_clip(frames, height, width), "Describe the video.")
+            prompt = qa.prompt(synthetic_clip(frames, height, width), "Describe the video.")
             with _backend(backend):
                 row = {"variant": name, "video": spec, "chunk_patches": chunk,
-                       **time_variant(qa, inputs, chunk, args.runs)}  # fmt: skip
+                       **time_variant(qa, prompt, chunk, args.runs)}  # fmt: skip
             with torch.inference_mode(), _backend(backend):
-                features = qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
-                                                 chunk_patches=chunk).embeds.float()  # fmt: skip
+                features = qa.encode(prompt).features.embeds.float()
             if spec not in eager_features:
                 eager_features[spec] = features
             row["max_abs_diff_vs_first_variant"] = float((features - eager_features[spec]).abs().max())
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.inference_mode(), torch.profiler.profile(activities=activities) as prof:
-            qwen3_vl.encode_video(qa.model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
-                                  chunk_patches=chunk)  # fmt: skip
+            qa.encode(prompt)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,

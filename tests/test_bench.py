@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 
-from vcast import VCastConfig, VideoQA, bench
+from benchmarks import bench
+from vcast import VCastConfig, VideoQA
 from vcast.core import total_budget
 from vcast.models import decode
 from vcast.models.base import cache_argument

@@ -10,8 +10,8 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
+from benchmarks.bench import synthetic_clip
 from vcast import VCastConfig
-from vcast.bench import synthetic_clip
 from vcast.models.base import cache_argument
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from vcast.models.tiny import tiny_config, tiny_model, tiny_processor

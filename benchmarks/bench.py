@@ -1,0 +1,457 @@
+"""GPU benchmark: unpruned vs V-CAST (and other methods) on random-weight models with real shapes.
+
+    python -m vcast.bench [--sizes 8B] [--videos 32x448x448,64x352x640,128x352x640]
+                          [--ratios 0.25,0.15] [--methods vcast] [--runs 5] [--new-tokens 64]
+                          [--out results/bench.json]
+
+--sizes takes Qwen3-VL sizes (2B, 4B, 8B, 32B, 30B-A3B) and the other families' real shapes
+(Qwen2.5-VL-7B, Qwen3.5-9B, LLaVA-OneVision-7B). For each model and synthetic video (frames x height
+x width), each method (unpruned, and each of --methods at each retain ratio) is measured the way a
+user meets it: vision tower, selection, LLM prefill, then
+generation of `--new-tokens` tokens. Times are medians of `--runs` rounds, taken with CUDA events,
+after a warm-up pass of each method; each round runs every method once, interleaved, so drift of the
+machine falls on all methods alike; Python's garbage collector is paused during each pass.
+"prefill" = vision + selection + LLM prefill (one forward over the prompt); "TTFT" = vision +
+selection + time to the first generated token through `generate`; decode tokens/s is
+measured after the first token. "peak above weights" is torch.cuda.max_memory_allocated during the
+whole pass (vision to the last token) minus the memory held before it (weights); the JSON also
+splits it by phase (vision and selection, the timed prefill, generate). Each pass holds only what
+it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
+`--sizes tiny` runs the tiny offline model on the CPU: a smoke test of this script (CI runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vcast.config import VCastConfig
+from vcast.methods import METHODS
+from vcast.models.base import cache_argument, generation_attention
+from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
+from vcast.models.mrope import DEFAULT_VISION_CHUNK_PATCHES
+from vcast.pipeline import Prompt, VideoQA, check_methods, tiny_family
+from vcast.video import VideoClip
+
+# A method of the benchmark: (name in vcast.METHODS, retain ratio), or None for the unpruned pass.
+Method = tuple[str, float] | None
+
+
+@dataclass
+class Row:
+    size: str
+    frames: int
+    height: int
+    width: int
+    method: str
+    retain_ratio: float
+    visual_tokens: int
+    sequence_length: int
+    vision_ms: float
+    selection_ms: float
+    llm_prefill_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_tokens_per_s: float
+    peak_above_weights_mb: float | None  # None on the CPU
+    # Where the peak falls: the highest memory above weights in each phase of the pass (GPU only)
+    peak_vision_mb: float | None = None  # vision tower and selection, up to the pass inputs
+    peak_prefill_mb: float | None = None  # the timed LLM prefill
+    peak_generate_mb: float | None = None  # generate: its own prefill and the decode steps
+    # Memory held before each round's pass (weights, compiled graphs' pools): growth would be a leak
+    held_before_mb_runs: list[float] | None = None
+    prefill_ms_runs: list[float] | None = None  # each round's prefill, to see spread and outliers
+    stage_ms_runs: list[list[float]] | None = None  # each round's [vision, selection, LLM prefill]
+    # each round's cudaMalloc / cudaFree calls while the static cache was made and during the timed forward
+    prefill_device_calls_runs: list[dict] | None = None
+
+
+def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
+    """Moving coloured squares on gradients with a scene change halfway: (F, H, W, 3) uint8, 2 fps."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for i in range(num_frames):
+        second_scene = i >= num_frames // 2
+        blue = np.full_like(xx, 200 if second_scene else 60)
+        frames[i] = np.stack([xx * 255 // width, yy * 255 // height, blue], -1).astype(np.uint8)
+        x = (i * 13) % max(1, width - 64)
+        frames[i, 40:104, x : x + 64] = (230, 40, 40) if second_scene else (40, 40, 230)
+    frames = np.clip(frames.astype(np.int16) + rng.integers(-6, 7, frames.shape), 0, 255).astype(np.uint8)
+    indices = np.arange(num_frames) * 15
+    return VideoClip(frames=frames, timestamps=indices / 30.0, indices=indices, fps=30.0,
+                     duration=num_frames / 2.0, total_frames=num_frames * 15, backend="synthetic",
+                     source_size=(height, width))  # fmt: skip
+
+
+class _Stopwatch:
+    """Stage stopwatch: mark(name) after each stage, then ms() gives each stage's milliseconds.
+
+    CUDA events on a GPU (no host sync between stages); on the CPU, where every operation is
+    synchronous, the host clock.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+        self.mark("start")
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def ms(self) -> dict[str, float]:
+        if self.cuda:
+            self.marks[-1][1].synchronize()
+            return {name: prev.elapsed_time(cur) for (_, prev), (name, cur) in itertools.pairwise(self.marks)}
+        return {name: (cur - prev) * 1000.0 for (_, prev), (name, cur) in itertools.pairwise(self.marks)}
+
+
+class _FirstTokenClock:
+    """A generate() streamer that notes when the first new token exists."""
+
+    def __init__(self, device: torch.device):
+        self.calls, self.first, self.cuda = 0, None, device.type == "cuda"
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call hands over the prompt
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        """Nothing to flush: the clock only notes the first token."""
+
+
+def _phase_peak(cuda: bool) -> int | None:
+    """The highest allocated bytes since the last call (or the pass's start), then a new phase.
+    No sync needed: the caching allocator counts on the host, when an allocation is requested."""
+    if not cuda:
+        return None
+    peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def _cublas_workspace(model) -> None:
+    """Makes sure cuBLAS holds its matmul workspace before a pass's memory is taken.
+
+    cuBLAS allocates one workspace per process and stream (about 33 MB on an H200) at the first
+    matmul and keeps it, so in eager use it is part of what the process holds, like the weights.
+    But PyTorch frees it whenever it records or warms up a CUDA graph (compiled decoding does, in
+    generate), and the next pass's first matmul allocates it again: without this, that pass
+    would be charged for a fixed, process-wide buffer that the eager passes never see.
+    """
+    weight = next(model.parameters())
+    one = torch.ones(8, 8, device=weight.device, dtype=weight.dtype)
+    torch.mm(one, one)
+
+
+def _device_calls(cuda: bool) -> dict[str, int]:
+    """The caching allocator's cudaMalloc and cudaFree calls so far (host-side counters, no sync)."""
+    stats = torch.cuda.memory_stats() if cuda else {}
+    return {"malloc": stats.get("num_device_alloc", 0), "free": stats.get("num_device_free", 0)}
+
+
+def _calls_between(first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+    return {key: second[key] - first[key] for key in first}
+
+
+def _pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
+    """The pass's static cache, and the bytes of it and of any cache it displaced that were
+    allocated before the pass (so inside the memory held then), yet are this pass's to count: a
+    kept cache is this pass's memory, and a displaced one may be freed during the pass (counting
+    it as freed can overstate the pass's peak, never understate it)."""
+    reused = caches.length_for(tokens) in caches.lengths()
+    before = caches.held_bytes()
+    cache = caches.get(tokens)
+    own = cache_bytes(cache) if reused else 0
+    displaced = before - own - caches.held_bytes(besides=cache)
+    return cache, own + displaced
+
+
+def one_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) -> dict:
+    """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory.
+
+    Python's garbage collector runs before the pass and is paused during it, as `timeit` does: a
+    full collection over the compiler's many objects takes tens of milliseconds, and would land
+    in whichever method's timing happened to trip it."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        return measured_pass(qa, prompt, method, new_tokens)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) -> dict:
+    """One pass of `method` through VideoQA's public steps (encode, select, pass inputs), then a timed
+    LLM prefill and a generation of exactly `new_tokens` tokens. Times in ms, memory in MB."""
+    model, device = qa.model, qa.device
+    cuda = device.type == "cuda"
+    if cuda:
+        _cublas_workspace(model)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = held_before = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        clock = _Stopwatch(device)
+        prepared = qa.encode(prompt)
+        clock.mark("vision")
+        selection = None
+        if method is not None:
+            selection = qa.select(prepared, method[0], config=VCastConfig(retain_ratio=method[1]))
+        pass_inputs = qa.pass_inputs(prepared, selection)
+        if selection is not None:
+            del prepared  # a pruned pass holds only its slices from here on
+        clock.mark("selection")
+        phase_peaks = {"vision": _phase_peak(cuda)}
+        calls_before = _device_calls(cuda)
+        cache = None
+        if qa.decode_caches is not None:
+            # A new static cache, or with --keep-decode-caches the one every earlier pass of this
+            # length used. The timed prefill writes into it, as generate's prefill does: a dynamic
+            # cache beside it would count a second cache in the peak.
+            cache, charged = _pass_cache(qa.decode_caches, int(pass_inputs.input_ids.shape[1]) + new_tokens)
+            if cuda:
+                held -= charged
+        calls_cache = _device_calls(cuda)
+        cache_kwarg = {} if cache is None else {cache_argument(model): cache}
+        out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, **cache_kwarg)
+        clock.mark("llm_prefill")
+        del out
+        phase_peaks["prefill"] = _phase_peak(cuda)
+        calls_forward = _device_calls(cuda)
+        times = clock.ms()
+        if cache is not None:
+            cache.reset()
+
+        first_token = _FirstTokenClock(device)
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        kwargs = {} if cache is None else {cache_argument(model): cache}
+        with generation_attention(device):
+            model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, streamer=first_token, **kwargs)  # fmt: skip
+        if cuda:
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        phase_peaks["generate"] = _phase_peak(cuda)
+    peaks = {f"peak_{name}_mb": None if peak is None else (peak - held) / 2**20 for name, peak in phase_peaks.items()}
+    return {
+        **times,
+        **peaks,
+        "held_before_mb": held_before / 2**20 if cuda else None,
+        "prefill_device_calls": {
+            "cache": _calls_between(calls_before, calls_cache),
+            "forward": _calls_between(calls_cache, calls_forward),
+        }
+        if cuda
+        else None,
+        "first_token_ms": (first_token.first - start) * 1000.0,
+        "decode_tokens_per_s": (new_tokens - 1) / (end - first_token.first),
+        # GPU memory only: on the CPU the process's memory says nothing about one pass.
+        "peak_above_weights_mb": max(peaks.values()) if cuda else None,
+        "visual_tokens": pass_inputs.num_visual_tokens,
+        "sequence_length": int(pass_inputs.input_ids.shape[1]),
+    }
+
+
+def _present(passes: list[dict], key: str) -> list[float]:
+    """The pass values of `key` that were measured (GPU memory figures are None on the CPU)."""
+    return [r[key] for r in passes if r[key] is not None]
+
+
+def _label(method: Method) -> str:
+    return "unpruned" if method is None else method[0]
+
+
+def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, methods: list[Method],
+                  runs: int, new_tokens: int) -> list[Row]:  # fmt: skip
+    """Unpruned and each (method, ratio) on one synthetic video: a warm-up pass of each, then `runs`
+    rounds that run every method once, interleaved, so drift of the machine (clocks, other load) falls
+    on all methods alike. One Row per method, medians over the rounds."""
+    prompt = qa.prompt(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
+    methods = [None, *methods]
+    for method in methods:  # warm-up (and compilation, if any)
+        one_pass(qa, prompt, method, new_tokens)
+    results: dict[Method, list[dict]] = {method: [] for method in methods}
+    for _ in range(runs):
+        for method in methods:
+            results[method].append(one_pass(qa, prompt, method, new_tokens))
+    rows = []
+    for method in methods:
+        passes = results[method]
+
+        def med(key: str, passes=passes) -> float:
+            return statistics.median(r[key] for r in passes)
+
+        vision, selection, llm = med("vision"), med("selection"), med("llm_prefill")
+
+        def most(key: str, passes=passes) -> float | None:
+            values = _present(passes, key)
+            return max(values) if values else None
+
+        rows.append(Row(
+            size=size, frames=frames, height=height, width=width,
+            method=_label(method), retain_ratio=1.0 if method is None else method[1],
+            visual_tokens=passes[0]["visual_tokens"], sequence_length=passes[0]["sequence_length"],
+            vision_ms=vision, selection_ms=selection, llm_prefill_ms=llm, prefill_ms=vision + selection + llm,
+            ttft_ms=vision + selection + med("first_token_ms"), decode_tokens_per_s=med("decode_tokens_per_s"),
+            peak_above_weights_mb=most("peak_above_weights_mb"), peak_vision_mb=most("peak_vision_mb"),
+            peak_prefill_mb=most("peak_prefill_mb"), peak_generate_mb=most("peak_generate_mb"),
+            prefill_ms_runs=[r["vision"] + r["selection"] + r["llm_prefill"] for r in passes],
+            stage_ms_runs=[[r["vision"], r["selection"], r["llm_prefill"]] for r in passes],
+            prefill_device_calls_runs=_present(passes, "prefill_device_calls") or None,
+            held_before_mb_runs=_present(passes, "held_before_mb") or None,
+        ))  # fmt: skip
+    return rows
+
+
+_NAMES = {"vcast": "V-CAST", "evs": "EVS", "vidcom2": "VidCom2"}
+
+
+def _table(rows: list[Row]) -> str:
+    lines = [
+        "| model | frames, size | method | visual tokens | vision ms | selection ms | LLM prefill ms | prefill ms "
+        "| prefill / unpruned | TTFT ms | decode tok/s | decode / unpruned | peak above weights MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {}
+    for r in rows:
+        key = (r.size, r.frames, r.height, r.width)
+        if r.method == "unpruned":
+            base[key] = r
+        ref = base.get(key)
+        prefill = f"{r.prefill_ms / ref.prefill_ms:.3f}" if ref else "-"
+        decode = f"{r.decode_tokens_per_s / ref.decode_tokens_per_s:.2f}" if ref else "-"
+        peak = "-" if r.peak_above_weights_mb is None else f"{r.peak_above_weights_mb:.0f}"
+        name = "unpruned" if r.method == "unpruned" else f"{_NAMES.get(r.method, r.method)} R={r.retain_ratio:g}"
+        lines.append(
+            f"| {r.size} | {r.frames}, {r.width}x{r.height} | {name} | {r.visual_tokens} | {r.vision_ms:.1f} | "
+            f"{r.selection_ms:.2f} | {r.llm_prefill_ms:.1f} | {r.prefill_ms:.1f} | {prefill} | {r.ttft_ms:.1f} | "
+            f"{r.decode_tokens_per_s:.1f} | {decode} | {peak} |"
+        )
+    return "\n".join(lines)
+
+
+def _model(size: str, args) -> VideoQA:
+    """A random-weight model of the real shapes of `size` on the GPU, or the tiny model on the CPU."""
+    compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
+    family = tiny_family(size)
+    if family is not None:  # a smoke test of this script (CI runs it), not a benchmark
+        return VideoQA.tiny(family=family, attn_implementation=args.attn, compile_vision=compile_vision,
+                            compile_decode=args.compile_decode,
+                            vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+    return VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
+                                  compile_vision=compile_vision, compile_decode=args.compile_decode,
+                                  vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vcast.bench", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--sizes", default="8B",
+                        help="Qwen3-VL sizes 2B,4B,8B,32B,30B-A3B and/or Qwen2.5-VL-7B,Qwen3.5-9B,LLaVA-OneVision-7B "
+                        "(random weights, real shapes); tiny or tiny-<family>: a CPU smoke test")  # fmt: skip
+    parser.add_argument("--videos", default="32x448x448,64x352x640,128x352x640", help="FRAMESxHEIGHTxWIDTH,...")
+    parser.add_argument("--ratios", default="0.25,0.15")
+    parser.add_argument("--methods", default="vcast",
+                        help=f"comma-separated, measured at each ratio beside unpruned: {', '.join(METHODS)} "
+                        "(the 2x2 methods at 0.25 only)")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument(
+        "--compile-vision",
+        nargs="?",
+        const="default",
+        default=None,
+        help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead)",
+    )
+    parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
+                        "compile_decode: a new cache per pass)")  # fmt: skip
+    parser.add_argument("--cache-bucket", type=int, default=DEFAULT_CACHE_BUCKET,
+                        help="with --compile-decode: round static-cache lengths up to a multiple of this")  # fmt: skip
+    parser.add_argument("--keep-decode-caches", action="store_true",
+                        help="with --compile-decode: keep one cache per method across passes (DecodeCaches(kept=N)); "
+                        "no recording again, but each cache is held through the other passes' vision")  # fmt: skip
+    parser.add_argument("--out", default="results/bench.json")
+    args = parser.parse_args(argv)
+    sizes = args.sizes.split(",")
+    tiny = all(tiny_family(size) is not None for size in sizes)
+    if not torch.cuda.is_available() and not tiny:
+        raise SystemExit("python -m vcast.bench needs a CUDA GPU for the real model sizes; without one, only "
+                         "--sizes tiny runs (a smoke test of the script, not a benchmark).")  # fmt: skip
+    if args.cache_bucket < 1:
+        raise SystemExit("--cache-bucket must be at least 1 (token)")
+    if args.new_tokens < 2 or args.runs < 1:
+        raise SystemExit("--new-tokens must be at least 2 (the decode rate is taken after the first) and --runs >= 1")
+    import transformers
+
+    videos = [tuple(int(v) for v in spec.split("x")) for spec in args.videos.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    try:
+        names = check_methods(args.methods.split(","))
+    except ValueError as err:
+        raise SystemExit(f"--methods: {err}") from err
+    methods: list[Method] = [(name, r) for name in names for r in ratios if not name.endswith("_2x2") or r == 0.25]
+    if not methods:
+        raise SystemExit("--methods: the 2x2 methods keep exactly 1 token of 4; add 0.25 to --ratios")
+    device_name = "cpu" if tiny else torch.cuda.get_device_name()
+    meta = {"gpu": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "date": date.today().isoformat(), "attn": args.attn, "runs": args.runs, "new_tokens": args.new_tokens,
+            "command": "python -m vcast.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+    if args.keep_decode_caches and not args.compile_decode:
+        raise SystemExit("--keep-decode-caches goes with --compile-decode")
+    meta["decode"] = "dynamic cache, eager"
+    if args.compile_decode:
+        held = "one kept per method across passes" if args.keep_decode_caches else "a new one per pass"
+        meta["decode"] = f"static caches ({held}, lengths rounded up to {args.cache_bucket}), compiled by generate"
+    meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
+    meta["vision_chunk_patches"] = args.vision_chunk_patches
+    meta["order"] = "a warm-up pass per method, then rounds running each method once (interleaved)"
+    rows: list[Row] = []
+    for size in sizes:
+        qa = _model(size, args)
+        if qa.decode_caches is not None:  # with --keep-decode-caches one per method: each round alternates all
+            kept = 1 + len(methods) if args.keep_decode_caches else 0
+            qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)
+        for frames, height, width in videos:
+            video_rows = measure_video(qa, size, frames, height, width, methods, args.runs, args.new_tokens)
+            rows.extend(video_rows)
+            print("\n".join(_table(video_rows).splitlines()[2:]), flush=True)
+        del qa
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    print(json.dumps(meta))
+    print(_table(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
