@@ -76,6 +76,10 @@ class Row:
     stage_ms_runs: list[list[float]] | None = None  # each round's [vision, selection, LLM prefill]
     # each round's cudaMalloc / cudaFree calls while the static cache was made and during the timed forward
     prefill_device_calls_runs: list[dict] | None = None
+    decode_tokens_per_s_runs: list[float] | None = None
+    # this method's figure over unpruned's of the same round: the ratios' spread across rounds
+    prefill_ratio_runs: list[float] | None = None
+    decode_ratio_runs: list[float] | None = None
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -287,18 +291,25 @@ def _label(method: Method) -> str:
 
 
 def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, methods: list[Method],
-                  runs: int, new_tokens: int) -> list[Row]:  # fmt: skip
-    """Unpruned and each (method, ratio) on one synthetic video: a warm-up pass of each, then `runs`
-    rounds that run every method once, interleaved, so drift of the machine (clocks, other load) falls
-    on all methods alike. One Row per method, medians over the rounds."""
+                  runs: int, new_tokens: int, warmup_s: float = 0.0) -> list[Row]:  # fmt: skip
+    """Unpruned and each (method, ratio) on one synthetic video: warm-up passes of every method (at
+    least one each, and for at least `warmup_s` seconds), then `runs` rounds that run every method once,
+    in alternating order (forward, then backward: ABBA), so drift of the machine (clocks, memory
+    growth, other load) falls on all methods alike. One Row per method, medians over the rounds, with
+    each round's ratio to unpruned's same round."""
     prompt = qa.prompt(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
     methods = [None, *methods]
-    for method in methods:  # warm-up (and compilation, if any)
-        one_pass(qa, prompt, method, new_tokens)
-    results: dict[Method, list[dict]] = {method: [] for method in methods}
-    for _ in range(runs):
+    started = time.perf_counter()
+    while True:  # warm-up (and compilation, if any): a process's first minute runs slower (measured)
         for method in methods:
+            one_pass(qa, prompt, method, new_tokens)
+        if time.perf_counter() - started >= warmup_s:
+            break
+    results: dict[Method, list[dict]] = {method: [] for method in methods}
+    for r in range(runs):
+        for method in methods if r % 2 == 0 else methods[::-1]:
             results[method].append(one_pass(qa, prompt, method, new_tokens))
+    base = results[None]
     rows = []
     for method in methods:
         passes = results[method]
@@ -324,6 +335,10 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             stage_ms_runs=[[r["vision"], r["selection"], r["llm_prefill"]] for r in passes],
             prefill_device_calls_runs=_present(passes, "prefill_device_calls") or None,
             held_before_mb_runs=_present(passes, "held_before_mb") or None,
+            decode_tokens_per_s_runs=[r["decode_tokens_per_s"] for r in passes],
+            prefill_ratio_runs=[_prefill(r) / _prefill(b) for r, b in zip(passes, base, strict=True)],
+            decode_ratio_runs=[r["decode_tokens_per_s"] / b["decode_tokens_per_s"]
+                               for r, b in zip(passes, base, strict=True)],
         ))  # fmt: skip
     return rows
 
@@ -331,7 +346,40 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
 _NAMES = {"vcast": "V-CAST", "evs": "EVS", "vidcom2": "VidCom2"}
 
 
-def _table(rows: list[Row]) -> str:
+def _prefill(measured: dict) -> float:
+    return measured["vision"] + measured["selection"] + measured["llm_prefill"]
+
+
+DEFAULT_TOLERANCE = 0.10  # a ratio whose rounds spread more than this (relative to its median) is flagged
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median of per-round values: how far the rounds disagree."""
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else float("inf")
+
+
+def _ratio_cell(median: float, runs: list[float] | None, tolerance: float, digits: int) -> str:
+    """The median ratio, its rounds' range, and a flag where the rounds disagree beyond the tolerance."""
+    if not runs or len(runs) < 2:
+        return f"{median:.{digits}f}"
+    flag = " (rounds disagree)" if spread(runs) > tolerance else ""
+    return f"{median:.{digits}f} [{min(runs):.{digits}f}-{max(runs):.{digits}f}]{flag}"
+
+
+def disagreements(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
+    """One line per ratio whose rounds spread beyond `tolerance`: such a median is not a verdict."""
+    lines = []
+    for r in rows:
+        for name, runs in (("prefill", r.prefill_ratio_runs), ("decode", r.decode_ratio_runs)):
+            if r.method != "unpruned" and runs and len(runs) > 1 and spread(runs) > tolerance:
+                where = f"{r.size} {r.frames} frames {r.method} R={r.retain_ratio:g}"
+                lines.append(f"{where}: {name} ratio rounds {min(runs):.3f}-{max(runs):.3f}, "
+                             f"spread {spread(runs):.0%} > {tolerance:.0%}")  # fmt: skip
+    return lines
+
+
+def _table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
     lines = [
         "| model | frames, size | method | visual tokens | vision ms | selection ms | LLM prefill ms | prefill ms "
         "| prefill / unpruned | TTFT ms | decode tok/s | decode / unpruned | peak above weights MB |",
@@ -343,8 +391,14 @@ def _table(rows: list[Row]) -> str:
         if r.method == "unpruned":
             base[key] = r
         ref = base.get(key)
-        prefill = f"{r.prefill_ms / ref.prefill_ms:.3f}" if ref else "-"
-        decode = f"{r.decode_tokens_per_s / ref.decode_tokens_per_s:.2f}" if ref else "-"
+        prefill = decode = "-"
+        if ref and r.method != "unpruned":
+            prefill_runs = r.prefill_ratio_runs or [r.prefill_ms / ref.prefill_ms]
+            decode_runs = r.decode_ratio_runs or [r.decode_tokens_per_s / ref.decode_tokens_per_s]
+            prefill = _ratio_cell(statistics.median(prefill_runs), r.prefill_ratio_runs, tolerance, 3)
+            decode = _ratio_cell(statistics.median(decode_runs), r.decode_ratio_runs, tolerance, 2)
+        elif ref:
+            prefill, decode = "1.000", "1.00"
         peak = "-" if r.peak_above_weights_mb is None else f"{r.peak_above_weights_mb:.0f}"
         name = "unpruned" if r.method == "unpruned" else f"{_NAMES.get(r.method, r.method)} R={r.retain_ratio:g}"
         lines.append(
@@ -379,6 +433,11 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated, measured at each ratio beside unpruned: {', '.join(METHODS)} "
                         "(the 2x2 methods at 0.25 only)")  # fmt: skip
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help="warm up each video for at least this many seconds (default 20 on a GPU, 0 on the CPU): "
+                        "a new process's first minute runs slower")  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="flag a ratio whose rounds spread more than this fraction of its median")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument(
@@ -432,7 +491,10 @@ def main(argv: list[str] | None = None) -> None:
         meta["decode"] = f"static caches ({held}, lengths rounded up to {args.cache_bucket}), compiled by generate"
     meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
     meta["vision_chunk_patches"] = args.vision_chunk_patches
-    meta["order"] = "a warm-up pass per method, then rounds running each method once (interleaved)"
+    warmup_s = args.warmup_s if args.warmup_s is not None else (0.0 if tiny else 20.0)
+    meta["order"] = (f"warm-up passes of every method for at least {warmup_s:g} s, then rounds running each method "
+                     "once, alternating forward and backward order (ABBA)")  # fmt: skip
+    meta["tolerance"] = args.tolerance
     rows: list[Row] = []
     for size in sizes:
         qa = _model(size, args)
@@ -440,14 +502,19 @@ def main(argv: list[str] | None = None) -> None:
             kept = 1 + len(methods) if args.keep_decode_caches else 0
             qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)
         for frames, height, width in videos:
-            video_rows = measure_video(qa, size, frames, height, width, methods, args.runs, args.new_tokens)
+            video_rows = measure_video(qa, size, frames, height, width, methods, args.runs, args.new_tokens,
+                                       warmup_s)  # fmt: skip
             rows.extend(video_rows)
-            print("\n".join(_table(video_rows).splitlines()[2:]), flush=True)
+            print("\n".join(_table(video_rows, args.tolerance).splitlines()[2:]), flush=True)
         del qa
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     print(json.dumps(meta))
-    print(_table(rows))
+    print(_table(rows, args.tolerance))
+    flagged = disagreements(rows, args.tolerance)
+    for line in flagged:
+        print(f"not a verdict: {line}")
+    meta["disagreements"] = flagged
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))

@@ -61,6 +61,28 @@ def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
         assert columns == pytest.approx([r["vision_ms"], r["selection_ms"], r["llm_prefill_ms"]])
     table = capsys.readouterr().out
     assert "| tiny | 6, 128x96 | V-CAST R=0.25 | 9 |" in table
+    for r in rows:  # each round's ratio to the unpruned pass of the same round
+        unpruned = next(u for u in rows if u["frames"] == r["frames"] and u["method"] == "unpruned")
+        prefills = [sum(stages) for stages in r["stage_ms_runs"]]
+        base = [sum(stages) for stages in unpruned["stage_ms_runs"]]
+        assert r["prefill_ratio_runs"] == pytest.approx([a / b for a, b in zip(prefills, base, strict=True)])
+        assert r["decode_ratio_runs"] == pytest.approx(
+            [a / b for a, b in zip(r["decode_tokens_per_s_runs"], unpruned["decode_tokens_per_s_runs"], strict=True)]
+        )
+
+
+def test_ratios_whose_rounds_disagree_are_flagged_not_summarised():
+    row = bench.Row(size="8B", frames=32, height=448, width=448, method="vcast", retain_ratio=0.25, visual_tokens=1,
+                    sequence_length=2, vision_ms=1, selection_ms=1, llm_prefill_ms=1, prefill_ms=3, ttft_ms=4,
+                    decode_tokens_per_s=50, peak_above_weights_mb=None, prefill_ratio_runs=[0.50, 0.52, 0.66],
+                    decode_ratio_runs=[1.40, 1.42, 1.41])  # fmt: skip
+    unpruned = bench.Row(size="8B", frames=32, height=448, width=448, method="unpruned", retain_ratio=1.0,
+                         visual_tokens=4, sequence_length=5, vision_ms=1, selection_ms=0, llm_prefill_ms=5,
+                         prefill_ms=6, ttft_ms=7, decode_tokens_per_s=35, peak_above_weights_mb=None)  # fmt: skip
+    flagged = bench.disagreements([unpruned, row], tolerance=0.10)
+    assert flagged == ["8B 32 frames vcast R=0.25: prefill ratio rounds 0.500-0.660, spread 31% > 10%"]
+    table = bench._table([unpruned, row], tolerance=0.10)
+    assert "0.520 [0.500-0.660] (rounds disagree)" in table and "1.41 [1.40-1.42] |" in table
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
@@ -95,7 +117,8 @@ def test_bench_interleaves_the_methods_and_sizes_each_static_cache_to_its_pass(t
     bench.main(["--sizes", "tiny", "--videos", "4x64x96", "--ratios", "0.5,0.25", "--runs", "2", "--new-tokens", "3",
                 *options])  # fmt: skip
     methods = [None, 0.5, 0.25]
-    assert order == methods * 3  # a warm-up of each method, then rounds of all
+    # a warm-up of each method, then rounds of all, forward then backward (ABBA: drift falls on all alike)
+    assert order == methods + methods + methods[::-1]
     for _ratio, _cache, cache_length, filled, prompt_length in passes:
         assert cache_length == prompt_length + 3
         assert filled == 0  # handed over empty
