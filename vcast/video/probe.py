@@ -119,7 +119,7 @@ class Probe:
 
     def open(self, path: Path) -> av.container.InputContainer:
         """The file opened as the probe read it; `self.stream(container)` is the probed track."""
-        return av.open(str(path), metadata_errors="ignore", options=dict(self.open_options))
+        return open_container(path, dict(self.open_options))
 
     def stream(self, container: av.container.InputContainer) -> av.video.stream.VideoStream:
         return container.streams[self.stream_index]
@@ -192,9 +192,18 @@ def probe(path: Path, max_duration_s: float) -> Probe:
         return _probe(path, max_duration_s, (("ignore_editlist", "1"),))
 
 
+def open_container(path: Path, options: dict[str, str]) -> av.container.InputContainer:
+    """The file opened for reading, undecodable metadata ignored: PyAV 18 takes `metadata_errors="ignore"`;
+    PyAV 19 dropped the argument (and no longer fails on such metadata)."""
+    try:
+        return av.open(str(path), metadata_errors="ignore", options=options)
+    except TypeError:
+        return av.open(str(path), options=options)
+
+
 def _probe(path: Path, max_duration_s: float, options: tuple[tuple[str, str], ...]) -> Probe:
     try:
-        container = av.open(str(path), metadata_errors="ignore", options=dict(options))
+        container = open_container(path, dict(options))
     except LIBRARY_ERRORS as err:
         raise VideoError(DAMAGED) from err
     with container:

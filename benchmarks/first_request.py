@@ -1,0 +1,63 @@
+"""Does a request of a new video shape pay a compilation after warm-up? First vs second request, per shape.
+
+    python benchmarks/first_request.py [--model 8B] [--warm 32x448x448,128x352x640]
+                                       [--new 64x336x592,96x448x256] [--compile] [--keep-caches 2]
+
+Builds the model (with `--compile`: compiled vision tower and decoding, decode caches kept), warms it up
+with one answer per `--warm` shape, then for each `--new` shape times two identical answers (V-CAST and
+unpruned, 32 new tokens). The ratio first / second is what a user of a long-running server meets when a
+new video length arrives (target: within 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.bench import synthetic_clip
+from vcast.models.decode import DecodeCaches
+from vcast.pipeline import VideoQA
+
+
+def timed_answer(qa: VideoQA, spec: str, tokens: int) -> float:
+    frames, height, width = (int(v) for v in spec.split("x"))
+    clip = synthetic_clip(frames, height, width)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    qa.answer(clip, "Describe what happens in this video in detail.", max_new_tokens=tokens, min_new_tokens=tokens)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--model", default="8B")
+    parser.add_argument("--warm", default="32x448x448,128x352x640")
+    parser.add_argument("--new", default="64x336x592,96x448x256,48x448x448")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--keep-caches", type=int, default=0)
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+    qa = VideoQA.random_weights(args.model, compile_vision=args.compile, compile_decode=args.compile)
+    if args.compile and args.keep_caches:
+        qa.decode_caches = DecodeCaches(qa.model, kept=args.keep_caches)
+    started = time.perf_counter()
+    for spec in args.warm.split(","):
+        seconds = timed_answer(qa, spec, args.tokens)
+        print(json.dumps({"warm": spec, "s": round(seconds, 2)}), flush=True)
+    print(json.dumps({"warm_up_s": round(time.perf_counter() - started, 1)}), flush=True)
+    for spec in args.new.split(","):
+        first, second = timed_answer(qa, spec, args.tokens), timed_answer(qa, spec, args.tokens)
+        print(json.dumps({"new": spec, "first_s": round(first, 3), "second_s": round(second, 3),
+                          "first_over_second": round(first / second, 2)}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
