@@ -283,7 +283,11 @@ def write_plot(summary: dict, out: Path, *, png: bool = True) -> dict:
     Returns {"html": name, "png": name or None, "png_skipped": why or None}."""
     if summary["full"] is None:
         return {"html": None, "png": None, "png_skipped": "nothing was scored"}
-    fig = build_figure(summary)
+    try:
+        fig = build_figure(summary)
+    except ImportError as err:  # plotly missing (a stripped-down GPU image): the numbers stand without figures
+        logger.warning("no plot: %s", err)
+        return {"html": None, "png": None, "png_skipped": f"no plot: {err}"}
     fig.write_html(out / "summary.html", include_plotlyjs=True)
     result = {"html": "summary.html", "png": None, "png_skipped": None}
     if not png:

@@ -294,9 +294,11 @@ def _finish(settings: EvalSettings, items: list[Item]) -> dict:
         "seed": settings.seed,
     }
     summary = build_summary(items, records, settings.passes, info, resamples=settings.resamples, seed=settings.seed)
-    summary["plot"] = write_plot(summary, out, png=settings.png)
+    # The figures last: the numbers are on disk even where plotting fails.
     write_json(summary, out / "summary.json")
     (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    summary["plot"] = write_plot(summary, out, png=settings.png)
+    write_json(summary, out / "summary.json")
     return summary
 
 
