@@ -167,7 +167,7 @@ def test_kept_tokens_carry_their_unpruned_positions(family):
 
 @pytest.mark.parametrize("chunk_groups", [1, 4])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_chunked_vision_encoding_gives_the_features_of_one_pass(family, chunk_groups):
+def test_chunked_vision_encoding_gives_the_features_of_a_single_pass(family, chunk_groups):
     _model, adapter, inputs = family_setup(family)
     with torch.inference_mode():
         whole = adapter.encode(inputs, chunk_groups=99)

@@ -60,7 +60,7 @@ def test_deepstack_features_are_sliced_with_the_same_keep_indices(processor):
 
 
 @pytest.mark.parametrize("chunk_groups", [1, 2, 5])
-def test_chunked_vision_encoding_gives_the_same_features_as_one_pass(processor, chunk_groups):
+def test_chunked_vision_encoding_gives_the_same_features_as_a_single_pass(processor, chunk_groups):
     model = tiny_model()
     inputs = _inputs(processor, num_frames=12)
     with torch.inference_mode():
@@ -162,7 +162,7 @@ def test_rope_positions_from_host_copies_equal_the_models_own(processor):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream chunk copies need a CUDA GPU")
-def test_chunk_copies_on_a_side_stream_give_the_features_of_one_pass(processor):
+def test_chunk_copies_on_a_side_stream_give_the_features_of_a_single_pass(processor):
     model = tiny_model(dtype=torch.bfloat16).cuda()  # bf16: the side stream also casts the float32 patches
     inputs = _inputs(processor)
     pixels = inputs["pixel_values_videos"].pin_memory()

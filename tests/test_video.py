@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests import _media as media
 from tests._media import HEIGHT, WIDTH, frame_number, numbered_frame
-from vcast.models.inputs import clip_to_processor_inputs
+from vcast.models.inputs import clip_to_processor_kwargs
 from vcast.video import VideoClip, VideoError, decord_backend, read_video, sample_indices
 
 
@@ -386,10 +386,10 @@ def _offline_qwen3_vl_processor():
     return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=fast, video_processor=video_processor)
 
 
-def test_processor_inputs_give_one_temporal_group_per_frame_pair_and_the_clip_timestamps(clips):
+def test_processor_kwargs_give_one_temporal_group_per_frame_pair_and_the_clip_timestamps(clips):
     clip = read_video(clips["cfr"], num_frames=12)
     processor = _offline_qwen3_vl_processor()
-    inputs = clip_to_processor_inputs(clip)
+    inputs = clip_to_processor_kwargs(clip)
     out = processor.video_processor(**inputs, return_metadata=True, return_tensors="pt")
     assert out["video_grid_thw"][0, 0].item() == clip.num_frames // 2
 
@@ -400,14 +400,14 @@ def test_processor_inputs_give_one_temporal_group_per_frame_pair_and_the_clip_ti
     assert stamps == [float(f"{t:.1f}") for t in group_times]
 
     # Two runs see identical tensors: no resampling, no randomness.
-    again = processor.video_processor(**clip_to_processor_inputs(clip), return_tensors="pt")
+    again = processor.video_processor(**clip_to_processor_kwargs(clip), return_tensors="pt")
     assert (out["pixel_values_videos"] == again["pixel_values_videos"]).all()
 
 
 def test_processor_call_with_text_accepts_the_helper_output(clips):
     clip = read_video(clips["cfr"], num_frames=4)
     processor = _offline_qwen3_vl_processor()
-    out = processor(text=["<|video_pad|>"], return_tensors="pt", **clip_to_processor_inputs(clip))
+    out = processor(text=["<|video_pad|>"], return_tensors="pt", **clip_to_processor_kwargs(clip))
     grid = out["video_grid_thw"][0]
     assert grid[0].item() == 2
     video_tokens = (out["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum()

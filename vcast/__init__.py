@@ -13,7 +13,7 @@ from .core import (
     uniqueness,
 )
 from .methods import METHODS, prune
-from .models.inputs import clip_to_processor_inputs
+from .models.inputs import clip_to_processor_kwargs
 from .video import VideoClip, VideoError, read_video
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     "VideoQA",
     "allocate_budgets",
     "allocation_weights",
-    "clip_to_processor_inputs",
+    "clip_to_processor_kwargs",
     "frame_curvature",
     "frame_means",
     "prune",
@@ -41,6 +41,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
+    if name == "clip_to_processor_inputs":  # the name before 0.2 (the function returns the processor's kwargs)
+        return clip_to_processor_kwargs
     # The model side (transformers) loads only when asked for: `import vcast` stays light.
     if name in ("VideoQA", "QAResult", "ModelError"):
         from . import pipeline

@@ -7,7 +7,7 @@ from typing import Any
 from ..video import VideoClip
 
 
-def clip_to_processor_inputs(clip: VideoClip) -> dict[str, Any]:
+def clip_to_processor_kwargs(clip: VideoClip) -> dict[str, Any]:
     """Keyword arguments for a transformers video-LLM processor (Qwen3-VL) that reproduce `clip` exactly.
 
     Returns {"videos": [frames (F, H, W, 3) uint8], "video_metadata": [dict], "do_sample_frames": False},

@@ -21,7 +21,7 @@ from ..core import Selection
 from ..video import VideoClip
 from .base import ModelAdapter, PassInputs, VisionFeatures, kept_rows, register, selection_on
 from .chunks import encode_in_chunks
-from .inputs import clip_to_processor_inputs
+from .inputs import clip_to_processor_kwargs
 
 # Frames per vision chunk: SigLIP-so400m activations of 16 frames stay a few hundred MB in bf16.
 _CHUNK_FRAMES = 16
@@ -37,7 +37,7 @@ class LlavaOnevisionAdapter(ModelAdapter):
     frames_per_group = 1
 
     def video_kwargs(self, clip: VideoClip) -> dict[str, Any]:
-        return {**clip_to_processor_inputs(clip), **self.processor_kwargs}
+        return {**clip_to_processor_kwargs(clip), **self.processor_kwargs}
 
     @property
     def vision_tower(self) -> torch.nn.Module:

@@ -22,7 +22,7 @@ from ..core import Selection
 from ..video import VideoClip
 from .base import ModelAdapter, PassInputs, VisionFeatures, kept_rows, selection_on
 from .chunks import encode_in_chunks
-from .inputs import clip_to_processor_inputs
+from .inputs import clip_to_processor_kwargs
 
 # Patches per vision chunk: large enough for efficient matrix products and few launches per
 # patch, small enough that the vision tower's activations stay about 300 MB at 8B scale (below
@@ -40,7 +40,7 @@ class MRopeAdapter(ModelAdapter):
     prompt_keys = ("input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts", "attention_mask")
 
     def video_kwargs(self, clip: VideoClip) -> dict[str, Any]:
-        return {**clip_to_processor_inputs(clip), **self.processor_kwargs}
+        return {**clip_to_processor_kwargs(clip), **self.processor_kwargs}
 
     def check_single_video(self, inputs) -> None:
         if inputs["input_ids"].shape[0] != 1 or inputs["video_grid_thw"].shape[0] != 1:
