@@ -178,7 +178,7 @@ def _calls_between(first: dict[str, int], second: dict[str, int]) -> dict[str, i
     return {key: second[key] - first[key] for key in first}
 
 
-def _pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
+def pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
     """The pass's static cache, and the bytes of it and of any cache it displaced that were
     allocated before the pass (so inside the memory held then), yet are this pass's to count: a
     kept cache is this pass's memory, and a displaced one may be freed during the pass (counting
@@ -235,7 +235,7 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
             # A new static cache, or with --keep-decode-caches the one every earlier pass of this
             # length used. The timed prefill writes into it, as generate's prefill does: a dynamic
             # cache beside it would count a second cache in the peak.
-            cache, charged = _pass_cache(qa.decode_caches, int(pass_inputs.input_ids.shape[1]) + new_tokens)
+            cache, charged = pass_cache(qa.decode_caches, int(pass_inputs.input_ids.shape[1]) + new_tokens)
             if cuda:
                 held -= charged
         calls_cache = _device_calls(cuda)
@@ -379,7 +379,7 @@ def disagreements(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> list
     return lines
 
 
-def _table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
+def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
     lines = [
         "| model | frames, size | method | visual tokens | vision ms | selection ms | LLM prefill ms | prefill ms "
         "| prefill / unpruned | TTFT ms | decode tok/s | decode / unpruned | peak above weights MB |",
@@ -505,12 +505,12 @@ def main(argv: list[str] | None = None) -> None:
             video_rows = measure_video(qa, size, frames, height, width, methods, args.runs, args.new_tokens,
                                        warmup_s)  # fmt: skip
             rows.extend(video_rows)
-            print("\n".join(_table(video_rows, args.tolerance).splitlines()[2:]), flush=True)
+            print("\n".join(table(video_rows, args.tolerance).splitlines()[2:]), flush=True)
         del qa
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     print(json.dumps(meta))
-    print(_table(rows, args.tolerance))
+    print(table(rows, args.tolerance))
     flagged = disagreements(rows, args.tolerance)
     for line in flagged:
         print(f"not a verdict: {line}")

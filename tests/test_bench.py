@@ -81,7 +81,7 @@ def test_ratios_whose_rounds_disagree_are_flagged_not_summarised():
                          prefill_ms=6, ttft_ms=7, decode_tokens_per_s=35, peak_above_weights_mb=None)  # fmt: skip
     flagged = bench.disagreements([unpruned, row], tolerance=0.10)
     assert flagged == ["8B 32 frames vcast R=0.25: prefill ratio rounds 0.500-0.660, spread 31% > 10%"]
-    table = bench._table([unpruned, row], tolerance=0.10)
+    table = bench.table([unpruned, row], tolerance=0.10)
     assert "0.520 [0.500-0.660] (rounds disagree)" in table and "1.41 [1.40-1.42] |" in table
 
 
@@ -178,22 +178,22 @@ def test_a_pass_is_charged_for_caches_allocated_before_it():
     it displaces are charged to it; a new cache, allocated during the pass, is not subtracted."""
     model = VideoQA.tiny().model
     new_each_time = DecodeCaches(model, bucket=8)
-    cache, charged = bench._pass_cache(new_each_time, 5)
+    cache, charged = bench.pass_cache(new_each_time, 5)
     assert charged == 0 and cache_bytes(cache) > 0
     kept = DecodeCaches(model, bucket=8, kept=1)
-    first, charged = bench._pass_cache(kept, 5)
+    first, charged = bench.pass_cache(kept, 5)
     assert charged == 0  # new
-    again, charged = bench._pass_cache(kept, 7)  # same length: the kept cache comes back
+    again, charged = bench.pass_cache(kept, 7)  # same length: the kept cache comes back
     assert again is first and charged == cache_bytes(first)
-    other, charged = bench._pass_cache(kept, 12)  # another length displaces the kept one
+    other, charged = bench.pass_cache(kept, 12)  # another length displaces the kept one
     assert other is not first and charged == cache_bytes(first) and kept.lengths() == [16]
     two = DecodeCaches(model, bucket=8, kept=2)
-    a, _ = bench._pass_cache(two, 5)
-    b, charged = bench._pass_cache(two, 12)
+    a, _ = bench.pass_cache(two, 5)
+    b, charged = bench.pass_cache(two, 12)
     assert charged == 0  # room for both: nothing displaced
-    _, charged = bench._pass_cache(two, 20)  # displaces the least recently used (a)
+    _, charged = bench.pass_cache(two, 20)  # displaces the least recently used (a)
     assert charged == cache_bytes(a) and two.lengths() == [16, 24]
-    _, charged = bench._pass_cache(two, 14)  # b again: its own bytes, nothing displaced
+    _, charged = bench.pass_cache(two, 14)  # b again: its own bytes, nothing displaced
     assert charged == cache_bytes(b)
 
 
