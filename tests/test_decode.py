@@ -7,8 +7,7 @@ import threading
 
 import pytest
 import torch
-from transformers import StaticCache
-from transformers.cache_utils import StaticLayer
+from transformers import StaticCache, StaticLayer
 
 from benchmarks.bench import synthetic_clip
 from vcast import VCastConfig

@@ -56,8 +56,6 @@ def _window_means(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Ten
 
 
 def test_avgpool_equals_a_forward_of_the_window_means_at_their_top_left_positions(setup):
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
     model, adapter, inputs, features, positions = setup
     T, h, w = features.grid
     selection = prune(features.grouped(), "avgpool_2x2", retain_ratio=0.25, grid_hw=(h, w))
@@ -80,8 +78,7 @@ def test_avgpool_equals_a_forward_of_the_window_means_at_their_top_left_position
         keep[slots[torch.tensor(top_left)]] = True
         ids = inputs["input_ids"][:, keep]
         position_ids = torch.cat([torch.arange(ids.shape[1]).view(1, 1, -1), positions[:, :, keep]], dim=0)
-        encoder = BaseModelOutputWithDeepstackFeatures(pooler_output=(merged,),
-                                                       deepstack_features=[(d,) for d in deepstack])  # fmt: skip
+        encoder = type(video)(pooler_output=(merged,), deepstack_features=[(d,) for d in deepstack])
         reference = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=position_ids,
                           mm_encoder_outputs={"video": encoder}).logits[0]  # fmt: skip
         pruned = adapter.pass_inputs(inputs, features, positions, prune(features.grouped(), "first_2x2",

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation import BaseStreamer
 
 from .config import ALLOCATIONS, VCastConfig
 from .core import Selection, allocate_budgets, allocation_weights, total_budget

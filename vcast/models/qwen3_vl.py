@@ -44,14 +44,16 @@ class Qwen3VLAdapter(MRopeAdapter):
     def encode_chunk(self, chunk: torch.Tensor, groups: int, H: int, W: int) -> tuple[torch.Tensor, list]:
         grid = torch.tensor([[groups, H, W]])  # on the host: shapes only, no device sync
         out = self.model.model.get_video_features(chunk, grid, return_dict=True, **self._geometry(groups, H, W))
+        # The model's own output class for its video features (not exported by transformers): pass
+        # inputs hand the kept features back in it.
+        self.__dict__["_output_type"] = type(out)
         return out.pooler_output[0], [layer[0] for layer in getattr(out, "deepstack_features", None) or ()]
 
     def encoder_output(self, embeds: torch.Tensor, extras: tuple[torch.Tensor, ...]):
-        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-        return BaseModelOutputWithDeepstackFeatures(
-            pooler_output=(embeds,), deepstack_features=[(layer,) for layer in extras]
-        )
+        output_type = self.__dict__.get("_output_type")
+        if output_type is None:
+            raise ValueError("pass_inputs needs the features of this adapter's encode()")
+        return output_type(pooler_output=(embeds,), deepstack_features=[(layer,) for layer in extras])
 
     def _geometry(self, groups: int, H: int, W: int) -> dict:
         """The vision tower's shape-only inputs for a chunk of `groups` groups of H x W patches.
