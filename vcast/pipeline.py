@@ -532,7 +532,9 @@ class VideoQA:
         half of `prepare`. Raises VideoError for an unusable video, ValueError for a bad question."""
         self.check_question(question)
         clip = video if isinstance(video, VideoClip) else read_video(video, num_frames=num_frames)
-        return Prompt(clip=clip, question=question, inputs=self.adapter.processor_inputs(clip, question))
+        with self._model_errors(["preparing the frames"]):  # on a GPU the processor runs there
+            inputs = self.adapter.processor_inputs(clip, question)
+        return Prompt(clip=clip, question=question, inputs=inputs)
 
     def encode(self, prompt: Prompt, *, cancel: threading.Event | None = None) -> Prepared:
         """The vision tower over the prompt's video and the model's unpruned positions (timed): the
