@@ -225,3 +225,19 @@ def test_other_model_types_are_refused_naming_every_supported_family():
     for name in ("Qwen3-VL", "Qwen2.5-VL", "Qwen3.5", "LLaVA-OneVision", "Qwen/Qwen3-VL-8B-Instruct",
                  "llava-hf/LLaVA-Video-7B-Qwen2-hf"):  # fmt: skip
         assert name in str(refused.value)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen3_5"])
+def test_faster_vision_paths_give_the_features_and_logits_of_transformers_own(family):
+    plain_model, plain, inputs = family_setup(family, seed=6, num_frames=8)
+    fast_model, fast, _ = family_setup(family, seed=6, num_frames=8)
+    assert fast.speed_up_vision() and fast_model.config.vision_config._attn_implementation != "sdpa"
+    assert plain_model.config.get_text_config()._attn_implementation == "sdpa"  # the language model is untouched
+    with torch.inference_mode():
+        reference, ours = plain.encode(inputs, chunk_groups=2), fast.encode(inputs, chunk_groups=2)
+        positions = plain.positions(plain.prompt_on_host(inputs))
+        selection = prune(reference.grouped(), "vcast", retain_ratio=0.5)
+        logits = [m(**a.pass_inputs(inputs, f, positions, selection).generate_kwargs()).logits
+                  for m, a, f in ((plain_model, plain, reference), (fast_model, fast, ours))]  # fmt: skip
+    torch.testing.assert_close(ours.embeds, reference.embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=0)

@@ -115,16 +115,19 @@ def test_batched_vision_attention_gives_the_same_features_and_logits(processor, 
     torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)
 
 
-def test_batched_vision_attention_handles_groups_of_different_sizes():
+@pytest.mark.parametrize("sizes", [(4, 6), (4, 4, 2, 4, 6, 2, 6)], ids=["two", "repeated-sizes"])
+def test_batched_vision_attention_handles_segments_of_different_sizes(sizes):
     from vcast.models.vision_attention import equal_groups_attention
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 10, 8, generator=g) for _ in range(3))
-    bounds = torch.tensor([0, 4, 10])
-    out, _ = equal_groups_attention(None, q, k, v, scaling=0.3, cu_seq_lens_q=bounds, max_length_q=6)
+    total = sum(sizes)
+    q, k, v = (torch.randn(1, 2, total, 8, generator=g) for _ in range(3))
+    bounds = torch.tensor([0, *np.cumsum(sizes)])
+    out, _ = equal_groups_attention(None, q, k, v, scaling=0.3, cu_seq_lens_q=bounds, max_length_q=max(sizes))
+    pairs = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     expected = torch.cat(
         [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.3)
-         for a, b in ((0, 4), (4, 10))], dim=2,
+         for a, b in pairs], dim=2,
     ).transpose(1, 2)  # fmt: skip
     torch.testing.assert_close(out, expected)
 

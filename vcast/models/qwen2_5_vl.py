@@ -19,6 +19,7 @@ import torch
 from ..video import VideoClip
 from .base import register
 from .mrope import MRopeAdapter
+from .vision_attention import use_batched_vision_attention
 
 _MERGED_PIXELS = 28 * 28  # one merged token: 2 x 2 patches of 14 pixels
 _MIN_FRAME_TOKENS, _MAX_FRAME_TOKENS = 128, 768  # qwen-vl-utils' VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS in tokens
@@ -51,3 +52,11 @@ class Qwen2_5_VLAdapter(MRopeAdapter):
         grid = torch.tensor([[groups, H, W]], device=chunk.device)
         out = self.model.model.get_video_features(chunk, grid, return_dict=True)
         return out.pooler_output[0], []
+
+    def speed_up_vision(self) -> bool:
+        """Batched vision attention: one SDPA call per window size and layer instead of one per window (a
+        32-frame clip has thousands of windows), the same features; SDPA only."""
+        if self.model.config.vision_config._attn_implementation != "sdpa":
+            return False
+        use_batched_vision_attention(self.model)
+        return True

@@ -1,10 +1,12 @@
-"""Qwen3-VL vision attention for videos, one batched SDPA call per layer instead of one per frame.
+"""Vision attention for videos (Qwen3-VL, Qwen3.5, Qwen2.5-VL), batched SDPA calls instead of one per segment.
 
 Qwen3-VL's vision tower attends within each frame pair (temporal group) only. With SDPA or eager
 attention, transformers splits the packed sequence and calls attention once per group and layer:
 64 groups x 27 layers is 1728 small calls for a 128-frame clip, and the Python loop, not the GPU,
 sets the pace. All groups of a video have the same size, so the same attention is one batched
 call over a (groups, heads, patches, dim) tensor: the same function, computed in one launch.
+Qwen2.5-VL's windowed layers attend within windows of 8 x 8 patches, cut at each frame's border: a few
+distinct sizes, each one batched call (a 32-frame clip has thousands of windows per layer).
 
 It plugs in through transformers' public `AttentionInterface` under a name containing "flash",
 which makes the vision attention hand over the packed sequence with its `cu_seqlens` (the
@@ -49,19 +51,25 @@ def equal_groups_attention(
         q, k, v = (t[0].view(heads, num_segments, max_length_q, dim).transpose(0, 1) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, scale=scaling)  # (n, heads, L, dim)
         return out.transpose(1, 2).reshape(1, length, heads, dim), None
-    # Segments of different sizes (several images in one call): one call per segment.
+    # Segments of different sizes (Qwen2.5-VL's windows, cut at a frame's border; several images in one
+    # call): one batched call per distinct length, gathered from and scattered back to the packed sequence.
     bounds = cu_seq_lens_q.tolist()
-    outs = [
-        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scale=scaling)
-        for a, b in itertools.pairwise(bounds)
-    ]
-    return torch.cat(outs, dim=2).transpose(1, 2), None  # (1, S, heads, dim)
+    by_length: dict[int, list[int]] = {}
+    for start, stop in itertools.pairwise(bounds):
+        by_length.setdefault(stop - start, []).append(start)
+    out = query.new_empty(length, heads, dim)  # (S, heads, dim)
+    for size, starts in by_length.items():
+        index = (torch.tensor(starts)[:, None] + torch.arange(size)).to(query.device)  # (n, size)
+        q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # (n, heads, size, dim)
+        out[index] = F.scaled_dot_product_attention(q, k, v, scale=scaling).transpose(1, 2)  # (n, size, heads, dim)
+    return out.unsqueeze(0), None  # (1, S, heads, dim)
 
 
 AttentionInterface.register(VISION_ATTENTION, equal_groups_attention)
 
 
 def use_batched_vision_attention(model) -> None:
-    """Switch the vision tower of a loaded Qwen3-VL model (this instance only) to batched attention."""
+    """Switch the vision tower of a loaded Qwen3-VL, Qwen3.5 or Qwen2.5-VL model (this instance only) to
+    batched attention."""
     # V-CAST: only the vision config of this instance changes; the language model keeps its own.
     model.config.vision_config._attn_implementation = VISION_ATTENTION
