@@ -99,11 +99,15 @@ def test_answer_runs_every_method_from_one_vision_pass_and_streams_each(monkeypa
     kind, result = events[-1]
     assert kind == "done" and calls == [1]  # one vision pass for all nine passes
     assert result.methods == methods and result.full is not None
-    streamed = [name for name, _ in events[:-1]]
+    # every method selects before any answer: the figures can show first
+    assert events[0][0] == "selected" and list(events[0][1].selections) == methods and events[0][1].passes == {}
+    finished = [payload for kind, payload in events if kind == "pass"]
+    assert [p.method for p in finished] == [*methods, FULL] and finished[-1] is result.full
+    streamed = [name for name, _ in events[1:-1] if name not in ("selected", "pass")]
     assert [n for i, n in enumerate(streamed) if i == 0 or streamed[i - 1] != n] == [*methods, FULL]
     for name in methods:
         run, selection = result.passes[name], result.selections[name]
-        assert "".join(p for n, p in events[:-1] if n == name) == run.text
+        assert "".join(p for n, p in events[1:-1] if n == name) == run.text
         assert selection.method == name and run.method == name
         assert run.metrics.visual_tokens_kept == selection.keep.numel() == int(selection.budgets.sum())
         assert torch.equal(selection.curvature, result.selections["vcast"].curvature)  # always the video's

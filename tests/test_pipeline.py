@@ -192,9 +192,15 @@ def test_a_cancelled_request_stops_between_tokens(qa, clip_path):
         if len(pieces) == 3:
             cancel.set()
 
+    events = []
     with pytest.raises(Cancelled):
-        qa.answer(clip_path, "Describe it.", max_new_tokens=200, on_token=on_token, cancel=cancel)
+        qa.answer(clip_path, "Describe it.", max_new_tokens=200, on_token=on_token, cancel=cancel,
+                  on_event=lambda kind, payload: events.append((kind, payload)))  # fmt: skip
     assert 3 <= len(pieces) <= 5 and "full" not in pieces  # stopped within a token; no unpruned pass
+    # the cut pass is still reported, with what it had and why it stopped
+    assert [kind for kind, _ in events] == ["selected", "pass"]
+    cut = events[1][1]
+    assert cut.stop_reason == "cancelled" and 3 <= cut.metrics.new_tokens <= 5 and cut.method == "vcast"
 
 
 def test_closing_a_stream_early_stops_its_worker(qa, clip_path):
@@ -202,6 +208,8 @@ def test_closing_a_stream_early_stops_its_worker(qa, clip_path):
     import time
 
     stream = qa.stream(clip_path, "Describe it.", max_new_tokens=2000)
+    kind, selected = next(stream)
+    assert kind == "selected" and selected.passes == {} and selected.pruned is None  # figures before any answer
     assert next(stream)[0] == "vcast"
     stream.close()
     deadline = time.monotonic() + 20

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from .catalogue import default_model_id, gpu_memory_gib
 from .config import ALLOCATIONS, VCastConfig
 from .methods import METHODS
-from .pipeline import DEFAULT_MAX_NEW_TOKENS, FULL, ModelError, VideoQA, check_methods, hub_reachable
-from .report import label, metric_text, result_record
+from .pipeline import DEFAULT_MAX_NEW_TOKENS, ModelError, VideoQA, check_methods, hub_reachable
+from .report import cut_short, label, metric_text, result_record
 from .video import VideoError
 
 
@@ -126,11 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     print(metric_text(result, timings=not qa.is_tiny))
     if qa.is_tiny:
         print("(timings of a tiny model on a CPU mean nothing: the table shows tokens and memory only)")
-    runs = [*result.passes.items(), (FULL, result.full)]
-    cut = [f"{label(name)}: {run.stop_reason.replace('_', ' ')}" for name, run in runs
-           if run is not None and run.stop_reason in ("time_limit", "token_limit")]  # fmt: skip
-    if cut:
-        print("cut short: " + ", ".join(cut))
+    for sentence in cut_short(result):
+        print(sentence)
     return 0
 
 

@@ -49,6 +49,11 @@ class Selection:
     method: str = "vcast"
     assign: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> Selection:
+        """The same selection with every tensor on `device` (e.g. "cpu" for figures and records)."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Selection(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+
 
 def _compute_input(features: torch.Tensor) -> torch.Tensor:
     """Half-precision stays as is (kernels accumulate in float32); anything wider becomes float32."""

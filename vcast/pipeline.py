@@ -44,6 +44,9 @@ FULL = "full"  # the name of the unpruned pass among the methods' passes
 
 # Called with (pass name, text piece) as a pass generates: each method in turn, then "full".
 TokenCallback = Callable[[str, str], None]
+# Called with ("selected", QAResult without passes) once every method has selected, then ("pass",
+# PassResult) as each pass ends (a cancelled pass too, before Cancelled is raised).
+EventCallback = Callable[[str, Any], None]
 
 
 class ModelError(RuntimeError):
@@ -188,11 +191,14 @@ class QAResult:
 
     @property
     def main_method(self) -> str:
-        return "vcast" if "vcast" in self.passes else next(iter(self.passes))
+        """V-CAST where it ran, else the first method (of the passes, or of the selections before any pass)."""
+        names = list(self.passes) or list(self.selections)
+        return "vcast" if "vcast" in names else names[0]
 
     @property
-    def pruned(self) -> PassResult:
-        return self.passes[self.main_method]
+    def pruned(self) -> PassResult | None:
+        """The main method's pass (None before it has run)."""
+        return self.passes.get(self.main_method)
 
     @property
     def selection(self) -> Selection:
@@ -268,12 +274,6 @@ def comparison_allocations(grouped: torch.Tensor, curvature: torch.Tensor, confi
             weights, total, min_per_frame=min(config.min_tokens_per_frame, N), cap=N
         ).tolist()
     return budgets
-
-
-def _on_host(selection: Selection) -> Selection:
-    """The same Selection with every tensor on the CPU."""
-    moved = {f.name: getattr(selection, f.name) for f in dataclasses.fields(Selection)}
-    return Selection(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
 
 def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
@@ -588,6 +588,8 @@ class VideoQA:
 
         Greedy unless sampling parameters are passed. `on_token(piece)` receives the text as it is
         generated; `selection_ms` (the selection's own time) is counted in the pass's TTFT and total.
+        Setting `cancel` ends generation at the next token: the pass returns what it has, with
+        stop_reason "cancelled".
         """
         _check_max_new_tokens(max_new_tokens)
         if self.decode_caches is not None:
@@ -613,6 +615,7 @@ class VideoQA:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         num_frames: int | None = None,
         on_token: TokenCallback | None = None,
+        on_event: EventCallback | None = None,
         cancel: threading.Event | None = None,
         method_options: dict[str, dict] | None = None,
         **generation_kwargs,
@@ -623,9 +626,11 @@ class VideoQA:
         `config.retain_ratio`; V-CAST also uses the config's other settings; `method_options` gives
         per-method options of `vcast.prune` (e.g. {"random_2x2": {"seed": 3}}). Greedy decoding unless
         sampling parameters are passed. `on_token(pass_name, text_piece)` receives each pass's text as
-        it is generated (methods in order, then "full"). Setting `cancel` stops the work at the next
-        token or stage and raises Cancelled. Running out of GPU memory frees what the request held and
-        raises ModelError saying what to try.
+        it is generated (methods in order, then "full"); `on_event(kind, payload)` receives ("selected",
+        the QAResult without passes) once every method has selected, and ("pass", PassResult) as each
+        pass ends. Setting `cancel` stops the work at the next token or stage and raises Cancelled (a pass
+        cut by it is still reported to `on_event`, with stop_reason "cancelled"). Running out of GPU
+        memory frees what the request held and raises ModelError saying what to try.
         """
         config = config or VCastConfig()
         methods = check_methods(methods)
@@ -636,43 +641,46 @@ class VideoQA:
             _check_static_cache_options(generation_kwargs)
         method_options = method_options or {}
         cancel = cancel or threading.Event()
+        emit = on_event or (lambda kind, payload: None)
         prompt = self.prompt(video, question, num_frames=num_frames)
         stage = ["encoding the frames"]
         with self._model_errors(stage):
             prepared = self._encode(prompt, cancel)
-            shown = _Shown.of(prepared)  # what the result needs once the features are gone
-            passes, selections, allocations = {}, {}, {}
-            for i, method in enumerate(methods):
-                stage[0] = "selecting tokens"
-                self._check(cancel)
+            # Every method selects first (a fraction of a millisecond each): the figures can show before any answer.
+            stage[0] = "selecting tokens"
+            self._check(cancel)
+            selected, selection_ms = {}, {}
+            for method in methods:
                 with _Timer(self.device) as selecting:
-                    selection = self.select(prepared, method, config=config, **method_options.get(method, {}))
-                    pass_inputs = self.pass_inputs(prepared, selection)
-                if not allocations:
-                    allocations = comparison_allocations(prepared.grouped(), selection.curvature, config)
-                selections[method] = _on_host(selection)
+                    selected[method] = self.select(prepared, method, config=config, **method_options.get(method, {}))
+                selection_ms[method] = selecting.ms
+            curvature = selected[methods[0]].curvature
+            result = QAResult(
+                question=question, passes={}, full=None, grid=prepared.grid, processed_size=prepared.processed_size,
+                selections={m: s.to("cpu") for m, s in selected.items()}, group_times=prepared.group_times,
+                clip=prepared.clip, config=config, model_id=self.model_id, family=self.family,
+                allocations=comparison_allocations(prepared.grouped(), curvature, config),
+                frames_per_group=self.adapter.frames_per_group,
+            )  # fmt: skip
+            emit("selected", result)
+            shown = _Shown.of(prepared)
+            passes: dict[str, PassResult] = {}
+            for i, method in enumerate([*methods, *[FULL] * compare]):
+                stage[0] = f"generating the {METHOD_LABELS.get(method, 'unpruned')} answer"
+                self._check(cancel)
+                with _Timer(self.device) as building:
+                    pass_inputs = self.pass_inputs(prepared, selected.pop(method, None))
                 if i == len(methods) - 1 and not compare:
                     prepared = None  # the last pass holds its own slices: free the unpruned features first
-                stage[0] = f"generating the {METHOD_LABELS[method]} answer"
-                self._check(cancel)
+                spent = selection_ms.get(method, 0.0) + (building.ms if method != FULL else 0.0)
                 passes[method] = self._generate(
-                    method, pass_inputs, shown.visual_tokens, shown.vision_ms, selecting.ms, shown.vision_peak_mb,
+                    method, pass_inputs, shown.visual_tokens, shown.vision_ms, spent, shown.vision_peak_mb,
                     max_new_tokens, on_token, cancel, generation_kwargs,
                 )  # fmt: skip
                 del pass_inputs
-            full = None
-            if compare:
-                stage[0] = "generating the unpruned answer"
+                emit("pass", passes[method])
                 self._check(cancel)
-                full = self._generate(FULL, self.pass_inputs(prepared, None), shown.visual_tokens, shown.vision_ms,
-                                      0.0, shown.vision_peak_mb, max_new_tokens, on_token, cancel,
-                                      generation_kwargs)  # fmt: skip
-        return QAResult(
-            question=question, passes=passes, full=full, selections=selections, grid=shown.grid,
-            processed_size=shown.processed_size, group_times=shown.group_times, clip=shown.clip,
-            config=config, model_id=self.model_id, family=self.family, allocations=allocations,
-            frames_per_group=self.adapter.frames_per_group,
-        )  # fmt: skip
+        return dataclasses.replace(result, full=passes.pop(FULL, None), passes=passes)
 
     def warm_up(self, video: str | os.PathLike | VideoClip, *, num_frames: int = 4) -> float:
         """One short run of both passes, so the first real request's timings hold no one-time set-up
@@ -682,17 +690,19 @@ class VideoQA:
         self.answer(video, "What happens in this video?", num_frames=num_frames, max_new_tokens=2)
         return time.perf_counter() - started
 
-    def stream(self, video, question: str, **answer_kwargs) -> Iterator[tuple[str, str | QAResult]]:
-        """`answer` as a stream of events: (pass name, text piece) as tokens arrive (each method's name,
-        then "full"), then ("done", QAResult). An error in the worker is raised here, in the caller's
-        thread; closing the stream early cancels the work."""
+    def stream(self, video, question: str, **answer_kwargs) -> Iterator[tuple[str, Any]]:
+        """`answer` as a stream of events: ("selected", QAResult without passes) once every method has
+        selected; (pass name, text piece) as tokens arrive (each method's name, then "full"); ("pass",
+        PassResult) as each pass ends; then ("done", QAResult). An error in the worker (Cancelled too) is
+        raised here, in the caller's thread; closing the stream early cancels the work."""
         events: queue.Queue = queue.Queue()
         cancel = threading.Event()
 
         def work() -> None:
             try:
                 result = self.answer(video, question, on_token=lambda name, piece: events.put((name, piece)),
-                                     cancel=cancel, **answer_kwargs)  # fmt: skip
+                                     on_event=lambda kind, payload: events.put((kind, payload)), cancel=cancel,
+                                     **answer_kwargs)  # fmt: skip
                 events.put(("done", result))
             except BaseException as err:  # handed to the consumer, which re-raises it
                 events.put(("error", err))
@@ -777,7 +787,6 @@ class VideoQA:
             torch.cuda.synchronize()
         end = time.perf_counter()
         stop_reason = self._stop_reason(streamer.token_ids, max_new_tokens, cancel)
-        self._check(cancel)
         first = streamer.first_token_at or end
         new_tokens = len(streamer.token_ids)
         prefill_ms = (first - start) * 1000.0
