@@ -163,8 +163,9 @@ def main() -> None:
     save_png(allocation_figure(allocation, title=title), args.out / "allocation.png", width=1100)
     pruned, unpruned = illustrative_costs(record.keep_mask.size, int(record.budgets.sum()))
     cost_title = "What pruning saves (illustrative numbers, not a measurement)"
-    save_png(cost_figure(pruned, unpruned, title=cost_title), args.out / "cost.png", width=1000)
-    save_png(cost_figure(pruned, None, title="What pruning saves (no unpruned run)"), args.out / "cost_no_full.png")
+    save_png(cost_figure({"V-CAST": pruned, "unpruned": unpruned}, title=cost_title), args.out / "cost.png", width=800)
+    no_full = cost_figure({"V-CAST": pruned}, title="What pruning saves (no unpruned run)")
+    save_png(no_full, args.out / "cost_no_full.png", width=800)
 
     # Overlays: one frame in both modes, the contact sheets, the video, the JSON.
     f = int(np.argmax(record.budgets)) * 2

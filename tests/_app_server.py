@@ -42,12 +42,14 @@ def free_port() -> int:
 
 
 def import_app():
-    """The app module, imported as `python app.py` would be, on the tiny model with the hub out of reach."""
+    """The app module with its page built (`app.demo`) as `python app.py` builds it offline: tiny model, banner."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VCAST_MODEL", "tiny")
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.delenv("VCAST_MAX_QUEUE", raising=False)
-        return importlib.import_module("app")
+        app = importlib.import_module("app")
+        qa, app.BANNER = app.load_startup_model(None, hub_ok=False, gpu_gib=0.0)
+        app.demo = app.build_demo(qa, banner=app.BANNER)
+        return app
 
 
 @contextlib.contextmanager
@@ -62,8 +64,20 @@ def served(app, **launch_overrides) -> Iterator[str]:
 
 
 def fn_index(app, fn) -> int:
-    """The index under which the page calls the event whose handler is `fn`."""
-    return next(i for i, block_fn in app.demo.fns.items() if block_fn.fn is fn)
+    """The index under which the page calls the event whose handler is `fn` (as written, or wrapped by the app)."""
+    return next(i for i, block_fn in app.demo.fns.items() if getattr(block_fn.fn, "__wrapped__", block_fn.fn) is fn)
+
+
+def run_data(video: Any, question: str = "What word appears on the yellow sign?", **settings: Any) -> list[Any]:
+    """The page's Run inputs in order, as the browser sends them (small settings by default)."""
+    s = {"methods": ["vcast"], "retain_percent": 25, "num_frames": 4, "model": "tiny", "compare": False,
+         "temperature": 0.7, "allocation": "curvature", "max_new_tokens": 8, "heatmap": False, **settings}  # fmt: skip
+    return [video, question, *s.values()]
+
+
+def api_data(video: Any, question: str = "What word appears on the yellow sign?", **settings: Any) -> list[Any]:
+    """/analyze's inputs in order, as raw HTTP sends them."""
+    return run_data(video, question, **settings)[:-1]
 
 
 class AppProcess:
@@ -135,7 +149,9 @@ def upload(url: str, path: Path) -> dict[str, Any]:
 
 def call_api(url: str, api_name: str, data: list[Any], timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[str, Any]:
     """POST /gradio_api/call/<api_name>, then read the result stream: ("complete", outputs) or ("error", message)."""
-    response = httpx.post(url + f"gradio_api/call/{api_name}", json={"data": data}, timeout=timeout_s)
+    body = json.dumps({"data": data})  # ASCII-escaped: also carries text httpx would not encode (a lone surrogate)
+    response = httpx.post(url + f"gradio_api/call/{api_name}", content=body, timeout=timeout_s,
+                          headers={"content-type": "application/json"})  # fmt: skip
     response.raise_for_status()
     event_id = response.json()["event_id"]
     event = None

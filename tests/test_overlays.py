@@ -8,7 +8,9 @@ import pytest
 
 from viz import overlays
 from viz.overlays import (
+    NO_SCORE_RGB,
     OUTLINE_RGB,
+    captioned_overlays,
     cell_boxes,
     cell_index_maps,
     contact_sheet,
@@ -19,6 +21,7 @@ from viz.overlays import (
     overlay_heatmap,
     overlay_kept,
     overlay_video,
+    resize_frames,
     score_colors,
 )
 
@@ -182,3 +185,36 @@ def test_overlay_video_falls_back_to_mp4v_and_says_so(tmp_path, monkeypatch):
 def test_overlays_reject_frames_that_are_not_uint8_rgb():
     with pytest.raises(ValueError, match="uint8 RGB"):
         overlay_kept(np.zeros((8, 8), np.uint8), np.ones((1, 1), bool))
+
+
+def test_a_method_without_token_scores_draws_a_heatmap_in_one_neutral_grey():
+    scores = np.full((1, 2, 2), np.nan, np.float32)  # pure 2x2 rules and merging methods have no per-token score
+    colors = score_colors(scores[0])
+    assert (colors == NO_SCORE_RGB).all()
+    frames = np.full((2, 8, 8, 3), 200, np.uint8)
+    images = overlay_frames(frames, np.ones((1, 2, 2), bool), mode="heatmap", scores=scores)
+    assert all(img.dtype == np.uint8 and img.shape == (8, 8, 3) for img in images)
+
+
+def test_gallery_captions_give_each_frame_its_time_and_its_groups_budget():
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    masks = np.zeros((2, 2, 2), bool)
+    masks[0, 0, 0] = masks[1] = True  # group 0 keeps 1 of 4, group 1 all 4
+    items = captioned_overlays(frames, masks, times_s=np.array([0.0, 0.5, 1.25]))
+    assert [caption for _, caption in items] == ["0.0 s · 1/4 kept", "0.5 s · 1/4 kept", "1.2 s · 4/4 kept"]
+
+
+def test_resize_frames_bounds_the_longer_side_and_never_enlarges():
+    frames = np.zeros((2, 720, 1280, 3), np.uint8)
+    assert resize_frames(frames, 640).shape == (2, 360, 640, 3)
+    assert resize_frames(frames[:, :100, :50], 640).shape == (2, 100, 50, 3)
+
+
+def test_enlarged_captions_keep_to_time_and_budget_and_grow_with_the_scale():
+    frames = np.zeros((4, 90, 160, 3), np.uint8)
+    masks = np.ones((2, 2, 2), bool)
+    small = contact_sheet(frames, masks, times_s=np.arange(4) * 0.5, tile_width=320, columns=2, legend=False)
+    large = contact_sheet(frames, masks, times_s=np.arange(4) * 0.5, tile_width=320, columns=2, legend=False,
+                          caption_scale=2.0)  # fmt: skip
+    assert large.shape[1] == small.shape[1] and large.shape[0] > small.shape[0]  # same tiles, taller captions
+    assert overlays._text_scale(320, 2.0)[0] == 2 * overlays._text_scale(320)[0]

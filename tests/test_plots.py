@@ -12,12 +12,15 @@ import pytest
 import torch
 
 import vcast
-from viz.export import SelectionRecord, group_times
+from viz import SelectionView
+from viz.export import SelectionRecord, as_numpy, group_times
 from viz.plots import (
     BUDGET_TRACE,
+    COUNT_METRICS,
     CURVATURE_TRACE,
     AllocationRecord,
     allocation_figure,
+    budget_trace_name,
     comparison_trace_name,
     cost_figure,
     cost_ratio,
@@ -133,29 +136,42 @@ def _bars(fig, name):
     return [t for t in fig.data if t.name == name]
 
 
-def test_cost_bars_hold_the_metric_values_and_titles_the_ratios():
-    fig = cost_figure(PRUNED, UNPRUNED)
-    assert [t.y[0] for t in _bars(fig, "V-CAST")] == list(PRUNED.values())
-    assert [t.y[0] for t in _bars(fig, "unpruned")] == list(UNPRUNED.values())
+def test_cost_bars_hold_every_runs_values_and_write_the_ratio_to_unpruned():
+    fig = cost_figure({"V-CAST": PRUNED, "EVS": {**PRUNED, "prefill_ms": 200.0}, "unpruned": UNPRUNED})
+    assert [t.x[0] for t in _bars(fig, "V-CAST")] == list(PRUNED.values())
+    assert [t.x[0] for t in _bars(fig, "unpruned")] == list(UNPRUNED.values())
+    assert _bars(fig, "V-CAST")[0].text[0] == "440 · <b>0.25×</b>"
+    assert _bars(fig, "EVS")[1].text[0] == "200 ms · <b>0.50×</b>"
+    assert "×" not in _bars(fig, "unpruned")[0].text[0]  # the baseline is not divided by itself
     titles = [a.text for a in fig.layout.annotations]
-    assert "0.25×" in titles[0] and "−75%" in titles[0]
-    assert "0.30×" in titles[1] and "0.90×" in titles[3]
-    assert "(ms)" in titles[1] and "(MB)" in titles[3]
+    assert titles == ["visual tokens to the LLM", "prefill (ms)", "time to first token (ms)", "peak memory (MB)"]
 
 
-def test_cost_figure_without_an_unpruned_run_shows_pruned_bars_and_says_why():
-    fig = cost_figure(PRUNED, None)
-    assert not _bars(fig, "unpruned")
-    assert len(_bars(fig, "V-CAST")) == 4
-    assert "no unpruned run" in fig.layout.title.subtitle.text
-    assert not any("×" in a.text for a in fig.layout.annotations)
+def test_cost_panels_stack_in_one_column_so_a_phone_shows_them_all():
+    fig = cost_figure({"V-CAST": PRUNED, "unpruned": UNPRUNED})
+    domains = [fig.layout[f"xaxis{i or ''}"].domain for i in ("", 2, 3, 4)]
+    assert all(tuple(d) == (0.0, 1.0) for d in domains)  # every panel spans the full width
+    assert all(t.orientation == "h" for t in fig.data)
+    assert all(a.xanchor == "left" and a.x == 0 for a in fig.layout.annotations)  # titles never cut at the edges
+
+
+def test_cost_figure_without_an_unpruned_run_shows_values_without_ratios_and_says_why():
+    fig = cost_figure({"V-CAST": PRUNED})
+    assert len(_bars(fig, "V-CAST")) == 4 and not _bars(fig, "unpruned")
+    assert not any("×" in t.text[0] for t in fig.data)
+    assert any("no unpruned run" in a.text for a in fig.layout.annotations)
+
+
+def test_counting_panels_leave_timings_out():
+    fig = cost_figure({"V-CAST": {**PRUNED, "sequence_length": 500}, "unpruned": {**UNPRUNED, "sequence_length": 1800}},
+                      metrics=COUNT_METRICS)  # fmt: skip
+    titles = {a.text for a in fig.layout.annotations}
+    assert titles == {"visual tokens to the LLM", "sequence length", "peak memory (MB)"}
 
 
 def test_missing_metric_is_written_na_not_drawn_as_zero():
-    fig = cost_figure({**PRUNED, "peak_memory_mb": None}, UNPRUNED)
-    pruned_memory = _bars(fig, "V-CAST")[3]
-    assert pruned_memory.text[0] == "n/a"
-    assert "ratio n/a" in fig.layout.annotations[3].text
+    fig = cost_figure({"V-CAST": {**PRUNED, "peak_memory_mb": None}, "unpruned": UNPRUNED})
+    assert _bars(fig, "V-CAST")[3].text[0] == "n/a"
 
 
 def test_cost_ratio_is_pruned_over_unpruned_or_none():
@@ -177,8 +193,39 @@ def test_cost_figure_takes_metrics_dataclasses_and_names_the_memory_kind():
         peak_memory_mb: float
         memory_kind: str
 
-    fig = cost_figure(
-        PassMetrics(440, 120.0, 150.0, 900.0, "process_rss"), PassMetrics(1760, 400, 450, 1000, "process_rss")
-    )
-    assert [t.y[0] for t in _bars(fig, "V-CAST")] == [440, 120.0, 150.0, 900.0]
-    assert "peak process memory (RSS)" in fig.layout.annotations[3].text
+    fig = cost_figure({"V-CAST": PassMetrics(440, 120.0, 150.0, 900.0, "process_rss"),
+                       "unpruned": PassMetrics(1760, 400, 450, 1000, "process_rss")})  # fmt: skip
+    assert [t.x[0] for t in _bars(fig, "V-CAST")] == [440, 120.0, 150.0, 900.0]
+    assert fig.layout.annotations[3].text == "peak process memory, RSS (MB)"
+
+
+def test_the_bars_can_be_another_methods_with_every_method_as_a_line(record, selections):
+    fig = allocation_figure(AllocationRecord.from_record(record, comparisons={"V-CAST": selections["uniform"]},
+                                                         label="EVS (vLLM)"))  # fmt: skip
+    np.testing.assert_array_equal(_trace(fig, budget_trace_name("EVS (vLLM)")).y, record.budgets)
+    uniform = as_numpy(selections["uniform"].budgets)
+    np.testing.assert_array_equal(_trace(fig, comparison_trace_name("V-CAST")).y, uniform)
+
+
+def _answer(methods: tuple[str, ...]):
+    """A stand-in for a vcast.QAResult: 8 frames in 4 groups of a 4 x 6 grid, each method's selection."""
+    import types
+
+    features = torch.randn(4, 24, 16, generator=torch.Generator().manual_seed(1))
+    selections = {m: vcast.prune(features, method=m, retain_ratio=0.25, grid_hw=(4, 6)) for m in methods}
+    config = vcast.VCastConfig()
+    clip = types.SimpleNamespace(frames=np.zeros((8, 720, 1280, 3), np.uint8), timestamps=np.arange(8) * 0.5)
+    allocations = {"curvature": [1, 2, 2, 1], "uniform": [2, 2, 1, 1], "uniqueness": [3, 1, 1, 1]}
+    return types.SimpleNamespace(clip=clip, selections=selections, allocations=allocations, config=config,
+                                 grid=(4, 4, 6), group_times=[0.25, 1.25, 2.25, 3.25], frames_per_group=2)  # fmt: skip
+
+
+def test_a_selection_view_draws_each_method_and_compares_v_cast_alone_with_the_other_allocations():
+    alone = SelectionView.of(_answer(("vcast",)), {"vcast": "V-CAST"})
+    assert alone.frames.shape == (8, 360, 640, 3)  # display size
+    assert {t.name for t in alone.allocation().data} >= {BUDGET_TRACE, "uniform budget", "uniqueness budget"}
+    both = SelectionView.of(_answer(("evs", "vcast")), {"vcast": "V-CAST", "evs": "EVS"})
+    traces = {t.name: np.asarray(t.y) for t in both.allocation().data}
+    assert both.main == "vcast" and "uniform budget" not in traces
+    np.testing.assert_array_equal(traces["EVS budget"], both.records["evs"].budgets)
+    assert len(both.gallery("evs")) == 8 and both.sheet("evs", heatmap=True).dtype == np.uint8

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -18,7 +19,7 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, PageEvent, fn_index, upload
+from tests._app_server import GOOD_CLIP, GOOD_QUESTION, GOOD_SETTINGS, PageEvent, fn_index, run_data, upload
 from vcast import pipeline
 from vcast.models.qwen3_vl import Qwen3VLAdapter
 
@@ -60,7 +61,8 @@ def raise_once(error: BaseException, real):
 
 
 class Watch:
-    """Counts the tokens a run generates (slowed to SLOW_TOKEN_S each) and records how its answer ended."""
+    """Counts the tokens a run's passes generate (slowed to SLOW_TOKEN_S each) and records how the run ended:
+    "finished", else the name of the exception that ended it (Cancelled)."""
 
     def __init__(self, qa, monkeypatch):
         self.tokens, self.outcome, self.ended = 0, None, threading.Event()
@@ -116,7 +118,7 @@ def test_out_of_memory_while_generating_says_what_to_try_and_the_next_request_wo
 def test_out_of_memory_on_the_page_shows_the_advice_and_the_next_run_works(app, url, client, reference, monkeypatch):
     monkeypatch.setattr(Qwen3VLAdapter, "encode", raise_once(torch.OutOfMemoryError("CUDA"), Qwen3VLAdapter.encode))
     video = upload(url, GOOD_CLIP)
-    data = [video, GOOD_QUESTION, 25, 4, "tiny", False, 0.7, "curvature", 8, False]
+    data = run_data(video)
     *_, last = PageEvent(url, fn_index(app, app.run), data).messages()
     assert last["success"] is False and last["output"]["error"] == OOM_ADVICE.format(stage="encoding the frames")
     *_, last = PageEvent(url, fn_index(app, app.run), data).messages()
@@ -150,7 +152,7 @@ def test_a_crash_in_the_model_is_reported_and_the_next_request_works(client, ref
 @pytest.mark.parametrize("how", ["Stop button", "page closed", "cancelled by a client"])
 def test_a_cancelled_run_stops_generating_within_a_few_tokens(app, url, client, reference, qa, monkeypatch, how):
     watch = Watch(qa, monkeypatch)
-    data = [upload(url, GOOD_CLIP), GOOD_QUESTION, 25, 4, "tiny", True, 0.7, "curvature", 512, False]
+    data = run_data(upload(url, GOOD_CLIP), compare=True, max_new_tokens=512)
     run = PageEvent(url, fn_index(app, app.run), data)
     for message in run.messages():  # wait until the V-CAST answer streams
         if message["msg"] == "process_generating" and "Generating the V-CAST answer" in str(message["output"]):
@@ -168,7 +170,7 @@ def test_a_cancelled_run_stops_generating_within_a_few_tokens(app, url, client, 
     assert watch.tokens - started_at < 50, (started_at, watch.tokens)
     if how == "Stop button":  # the run ends normally, saying it stopped, with the answer so far
         *_, last = run.messages()
-        assert last["success"] is True and app.STOPPED_MARKDOWN in last["output"]["data"]
+        assert last["success"] is True and app.STOPPED in str(last["output"]["data"])
     if how != "page closed":
         run.disconnect()
     monkeypatch.undo()
@@ -176,8 +178,7 @@ def test_a_cancelled_run_stops_generating_within_a_few_tokens(app, url, client, 
 
 
 def test_the_stop_button_works_outside_the_queue(app):
-    [stop] = [d for d in app.demo.config["dependencies"] if app.stop_button._id in [t[0] for t in d["targets"]]]
-    assert stop["queue"] is False  # it acts at once, even while the queue is full
+    assert app.demo.fns[fn_index(app, app.stop_run)].queue is False  # it acts at once, even while the queue is full
 
 
 # -- limits ---------------------------------------------------------------------------------------------------
@@ -190,9 +191,10 @@ def test_an_answer_cut_at_the_time_limit_says_so(client, reference, qa, monkeypa
     tokens = record["vcast"]["metrics"]["new_tokens"]
     assert 1 <= tokens < 100
     assert record["notes"] == [
-        f"The V-CAST answer was cut at the 0.3 s time limit after {tokens} tokens; ask for a shorter answer or use "
-        "fewer frames."
+        f"The V-CAST answer stopped after {tokens} tokens: the answer reached the time limit; ask for a shorter answer "
+        "or use fewer frames."
     ]
+    assert record["vcast"]["stop_reason"] == "time_limit"
     monkeypatch.undo()
     assert_still_serving(client, reference)
     assert analyze(client)["notes"] == []
@@ -201,13 +203,15 @@ def test_an_answer_cut_at_the_time_limit_says_so(client, reference, qa, monkeypa
 def test_the_served_model_has_the_apps_time_limit_and_the_token_cap_is_within_the_pipelines(app, qa):
     assert qa.max_generation_s == app.MAX_GENERATION_S
     assert app.MAX_NEW_TOKENS <= pipeline.MAX_NEW_TOKENS_LIMIT
-    assert app.max_tokens_in.maximum == app.MAX_NEW_TOKENS
-    assert app.question_in.max_length == app.MAX_QUESTION_CHARS
+    props = {c["props"].get("label"): c["props"] for c in app.demo.config["components"]}
+    assert props["Max new tokens"]["maximum"] == app.MAX_NEW_TOKENS
+    assert props["Question"]["max_length"] == app.MAX_QUESTION_CHARS
 
 
 # -- the Stop button in a real browser ----------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +221,7 @@ def page(url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
+        ARTIFACTS.mkdir(exist_ok=True)
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1366, "height": 900})
         page.goto(url)
@@ -225,20 +230,27 @@ def page(url):
         browser.close()
 
 
-def test_the_stop_button_stops_the_generation_and_says_so_and_run_works_again(page, qa, monkeypatch):
+def test_stop_in_the_browser_stops_keeps_what_was_computed_and_leaves_no_empty_placeholder(page, qa, monkeypatch):
     watch = Watch(qa, monkeypatch)
     page.locator("tr.tr-body").nth(1).click()  # an example clip and its question
     page.wait_for_function("() => document.querySelector('video')?.src?.includes('brief_event')")
     page.get_by_role("button", name="Run", exact=True).click()
     stop = page.get_by_role("button", name="Stop", exact=True)
     stop.wait_for(state="visible", timeout=WAIT_S * 1000)
-    page.wait_for_function("() => document.querySelector('#vcast-answer textarea').value.length > 0")
+    page.wait_for_function("() => document.querySelector('#answer-0 textarea').value.length > 0")
     stop.click()
     assert watch.ended.wait(WAIT_S) and watch.outcome == "Cancelled"
     page.get_by_text("Stopped.").wait_for(timeout=WAIT_S * 1000)
     stop.wait_for(state="hidden", timeout=WAIT_S * 1000)
     assert watch.tokens < 2 * 128  # both answers were asked for 128 tokens each (at 10 ms a token)
-    assert page.locator("#vcast-answer textarea").input_value()  # the answer so far stays on the page
+    assert page.locator("#answer-0 textarea").input_value()  # the answer so far stays on the page
+    # What was computed shows (the selection: its figure and overlays); what was not is hidden, not left empty.
+    page.wait_for_function("() => document.querySelectorAll('#budget-plot .bars path').length > 0")
+    assert page.locator("#gallery img").count() > 0
+    assert page.locator("#cost-plot").is_hidden() and page.locator("#metrics").is_hidden()
+    assert page.get_by_text("Everything as JSON").is_hidden()
+    assert page.locator("#full-answer textarea").input_value() == "(stopped before this answer began)"
+    page.screenshot(path=str(ARTIFACTS / "app_stopped.png"), full_page=True)
 
     monkeypatch.undo()
     page.get_by_role("button", name="Run", exact=True).click()

@@ -123,8 +123,7 @@ def test_every_client_gets_its_own_answers_under_load_and_memory_returns_to_its_
     levels = [usage(process)]  # (RSS MB, threads, open files) before, then after each round
     for round_ in range(1, ROUNDS + 1):
         done = load_round(clients, process)
-        time.sleep(1)
-        levels.append(usage(process))
+        levels.append(settled_usage(process))
         for c in range(CLIENTS):
             assert done["answers"][c] == [references[c]] * REQUESTS, f"client {c} got an answer that was not its own"
         latencies, elapsed = done["latencies"], done["elapsed_s"]
@@ -140,6 +139,16 @@ def test_every_client_gets_its_own_answers_under_load_and_memory_returns_to_its_
     assert levels[-1][0] <= levels[-2][0] + RSS_SLACK_MB / 2  # a second round adds about nothing: no leak per request
     assert files_after <= files_before + 2  # no decoder, upload or socket left open
     assert threads_after <= threads_before + 4  # each request's worker thread has ended
+
+
+def settled_usage(process: psutil.Process, settle_s: float = 3.0) -> tuple[float, int, int]:
+    """usage() once the server has had `settle_s` to hand back what the round freed: the lowest RSS seen in that
+    time (glibc returns freed memory to the system in steps, so one sample a second after may catch it midway)."""
+    samples = []
+    for _ in range(int(settle_s / 0.25)):
+        time.sleep(0.25)
+        samples.append(usage(process))
+    return min(samples)
 
 
 def usage(process: psutil.Process) -> tuple[float, int, int]:

@@ -8,6 +8,7 @@ it listens on 127.0.0.1 only, and on SIGTERM it exits and leaves no file behind 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -24,9 +25,11 @@ from tests._app_server import (
     ROOT,
     AppProcess,
     PageEvent,
+    api_data,
     call_api,
     file_data,
     fn_index,
+    run_data,
     served,
     upload,
 )
@@ -48,17 +51,13 @@ def secret_file():
 @pytest.fixture
 def opened(app, monkeypatch) -> list[str]:
     """Every path the app's handlers hand to the video decoder."""
+    import vcast.request
+
     paths: list[str] = []
-    read_video = app.read_video
-    monkeypatch.setattr(app, "read_video", lambda path, **kwargs: paths.append(str(path)) or read_video(path, **kwargs))
+    read_video = vcast.request.read_video
+    monkeypatch.setattr(vcast.request, "read_video",
+                        lambda path, **kwargs: paths.append(str(path)) or read_video(path, **kwargs))  # fmt: skip
     return paths
-
-
-def _api_data(video, **overrides) -> list:
-    """/analyze's inputs in order, as raw HTTP sends them."""
-    settings = {"retain_percent": 25, "num_frames": 4, "model": "tiny", "compare": False, "temperature": 0.7,
-                "allocation": "curvature", "max_new_tokens": 8, **overrides}  # fmt: skip
-    return [video, GOOD_QUESTION, *settings.values()]
 
 
 def test_no_file_outside_the_upload_folder_is_served_by_the_file_routes(url, secret_file):
@@ -88,9 +87,9 @@ def test_a_server_path_given_as_the_video_is_refused_before_anything_opens_it(ur
     for path in ("/etc/passwd", str(secret_file), str(ROOT / "assets" / "brief_event.mp4")):
         # As text (what gradio_client sends for a plain string), and as a file payload (what it sends after an
         # upload, here naming a file that was never uploaded).
-        assert call_api(url, "analyze", _api_data(path)) == ("error", NO_FILE)
+        assert call_api(url, "analyze", api_data(path)) == ("error", NO_FILE)
         message = f"Cannot move {path} to the gradio cache dir because it was not uploaded by a user."
-        assert call_api(url, "analyze", _api_data(file_data(path))) == ("error", message)
+        assert call_api(url, "analyze", api_data(file_data(path))) == ("error", message)
     assert opened == []
 
 
@@ -104,18 +103,18 @@ def test_a_server_path_given_as_the_video_is_refused_before_anything_opens_it(ur
 )
 def test_a_url_to_a_private_address_is_not_fetched(url, opened, address):
     address = address.format(port=httpx.URL(url).port)
-    outcome, message = call_api(url, "analyze", _api_data(file_data(address, url=address)))
+    outcome, message = call_api(url, "analyze", api_data(file_data(address, url=address)))
     assert outcome == "error" and message.startswith("Hostname ") and message.endswith(" failed validation")
     assert opened == []
 
 
 def test_the_model_setting_cannot_make_the_server_load_a_folder(app, url, monkeypatch):
     loaded: list[str] = []
-    monkeypatch.setattr(app, "_load", lambda model_id: loaded.append(model_id))
+    monkeypatch.setattr(app.MODELS, "load", lambda model_id: loaded.append(model_id))
     for model in (str(ROOT), "/tmp", "Qwen/Qwen3-VL-32B-Instruct"):
         upload_ = upload(url, GOOD_CLIP)
-        message = f"The model {model!r} is not offered here; choose one of: tiny."
-        assert call_api(url, "analyze", _api_data(upload_, model=model)) == ("error", message)
+        message = f"The model {model!r} is not offered here; choose one of: {', '.join(app.OFFERED)}."
+        assert call_api(url, "analyze", api_data(upload_, model=model)) == ("error", message)
     assert loaded == []
 
 
@@ -124,6 +123,7 @@ def test_uploads_are_limited_to_the_apps_size(app, monkeypatch, tmp_path):
     big = tmp_path / "big.mp4"
     big.write_bytes(os.urandom(3 * 2**20 // 2))  # 1.5 MB
     monkeypatch.setattr(app, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(app, "LIMITS", dataclasses.replace(app.LIMITS, max_upload_mb=1))
     with served(app) as small_url:  # the same app, launched with a 1 MB limit
         response = httpx.post(small_url + "gradio_api/upload", files=[("files", ("big.mp4", big.read_bytes()))])
         assert response.status_code == 413
@@ -152,20 +152,18 @@ def test_python_app_py_listens_on_localhost_only(process):
 
 
 def test_on_sigterm_the_server_exits_and_leaves_no_file_in_the_temp_folder(app, process, tmp_path):
-    # An upload through /analyze, and a run on the page (gallery images, the selection JSON), with a browser-like
+    # An upload through /analyze, and a run on the page (gallery images, the result JSON), with a browser-like
     # connection still open when the server is told to stop.
     clip = media.clip(tmp_path / "holiday.mp4", 20)
     client = Client(process.url, verbose=False)
     record = client.predict(handle_file(str(clip)), GOOD_QUESTION, api_name="/analyze", num_frames=4, max_new_tokens=4)
     assert record["vcast"]["answer"]
     uploaded = upload(process.url, clip)
-    run = PageEvent(
-        process.url, fn_index(app, app.run), [uploaded, GOOD_QUESTION, 25, 4, "tiny", False, 0.7, "curvature", 8, False]
-    )
+    run = PageEvent(process.url, fn_index(app, app.run), run_data(uploaded))
     *_, last = run.messages()
     assert last["success"] is True, last
     written = [p for p in process.tmp.rglob("*") if p.is_file()]
-    assert any(p.name == "holiday.mp4" for p in written) and any(p.name == "vcast_selection.json" for p in written)
+    assert any(p.name == "holiday.mp4" for p in written) and any(p.name == "vcast_result.json" for p in written)
     assert Path(uploaded["path"]).is_relative_to(process.tmp)  # uploads land in the process's own temp folder
 
     assert process.stop() == 0

@@ -7,7 +7,11 @@ models (`tiny`, `tiny-<family>`) can run.
 
 from __future__ import annotations
 
+import gc
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,3 +72,31 @@ def model_choices(loaded_id: str, *, hub_ok: bool, gpu_gib: float) -> list[str]:
         return [loaded_id, *(m for m in TINY_MODELS if m != loaded_id)]
     fitting = fitting_models(gpu_gib)
     return fitting if loaded_id in fitting else [loaded_id, *fitting]
+
+
+def startup_model_id(requested: str | None, *, hub_ok: bool, gpu_gib: float) -> str:
+    """The model to load at start: the one asked for, else the default for this GPU where the hub is reachable,
+    else the tiny offline model."""
+    return requested or (default_model_id(gpu_gib) if hub_ok else TINY_MODELS[0])
+
+
+class ModelSlot:
+    """The one model a server holds (models share one GPU): `get(model_id)` returns it, loading `model_id` with
+    `load` in place of the one held when it is another. Thread-safe; the old weights are freed before the new load."""
+
+    def __init__(self, load: Callable[[str], Any], held: Any = None):
+        self.load, self.held, self._lock = load, held, threading.Lock()
+
+    @property
+    def model_id(self) -> str | None:
+        return None if self.held is None else self.held.model_id
+
+    def get(self, model_id: str) -> Any:
+        with self._lock:
+            if self.model_id != model_id:
+                self.held = None
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.held = self.load(model_id)
+            return self.held

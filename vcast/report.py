@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TypedDict
 
+from .config import VCastConfig
 from .methods import METHOD_LABELS as _LABELS
-from .pipeline import FULL, QAResult
+from .pipeline import FULL, STOP_REASONS, PassMetrics, QAResult
 
 METHOD_LABELS = {**_LABELS, FULL: "unpruned"}  # the methods' display names and the unpruned pass's
 
@@ -26,11 +28,50 @@ METRIC_ROWS = (
 COUNT_FIELDS = ("visual_tokens_kept", "sequence_length", "peak_memory_mb", "new_tokens")
 
 
+# The record's types: its JSON schema for scripts (the app's /analyze documents its result with them).
+
+
+class PassRecord(TypedDict):
+    """One pass: its answer, what it cost (`PassMetrics`' fields) and why it stopped (a key of STOP_REASONS:
+    end_of_text, token_limit, time_limit, cancelled)."""
+
+    answer: str
+    metrics: PassMetrics
+    stop_reason: str
+
+
+class MethodRecord(PassRecord):
+    """A method's pass, with the tokens it kept per temporal group and whether it merged tokens (avgpool_2x2)."""
+
+    budgets: list[int]
+    merging: bool
+
+
+class ResultRecord(TypedDict):
+    """One answer: every method's pass under `methods` (by name, in the order asked), `vcast` (V-CAST's entry,
+    else the first method's, for single-method clients), `full` (the unpruned pass, None without the comparison),
+    the settings, the (T, h, w) token grid, frames per temporal group, each group's time (s), the main method's
+    budgets and the video's curvature per group."""
+
+    model: str
+    family: str
+    question: str
+    config: VCastConfig
+    methods: dict[str, MethodRecord]
+    vcast: MethodRecord
+    full: PassRecord | None
+    grid_thw: list[int]
+    frames_per_group: int
+    group_times_s: list[float]
+    budgets: list[int]
+    curvature: list[float]
+
+
 def label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def result_record(result: QAResult) -> dict:
+def result_record(result: QAResult) -> ResultRecord:
     """A JSON-ready summary: every method's answer, metrics and budgets, the unpruned pass, the grid.
 
     `vcast` (V-CAST's entry, or the first method's) and `budgets` are kept for clients written for a
@@ -97,3 +138,18 @@ def metric_text(result: QAResult, *, timings: bool = True) -> str:
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
              for r in [header, *rows]]  # fmt: skip
     return "\n".join(lines)
+
+
+def metric_markdown(result: QAResult, *, timings: bool = True) -> str:
+    """The cost table as a Markdown table (the app's); numbers right-aligned."""
+    header, rows = metric_table(result, timings=timings)
+    lines = [f"| {' | '.join(header)} |", "|:--" + "|--:" * (len(header) - 1) + "|"]
+    return "\n".join(lines + [f"| {' | '.join(row)} |" for row in rows])
+
+
+def cut_short(result: QAResult, reasons: tuple[str, ...] = ("time_limit", "token_limit")) -> list[str]:
+    """One sentence per pass that stopped for one of `reasons` (keys of STOP_REASONS), saying what to do."""
+    runs = [*result.passes.items(), *([(FULL, result.full)] if result.full is not None else [])]
+    return [f"The {label(name)} answer stopped after {run.metrics.new_tokens} tokens: {STOP_REASONS[run.stop_reason]}; "
+            "ask for a shorter answer or use fewer frames."
+            for name, run in runs if run.stop_reason in reasons]  # fmt: skip

@@ -139,6 +139,18 @@ class SelectionRecord:
         )
 
 
+def selection_records(result: Any) -> dict[str, SelectionRecord]:
+    """Every method's selection in a `vcast.QAResult` (read by duck typing: `selections`, `group_times`, `grid`,
+    `config`, `frames_per_group`) as a SelectionRecord, by method name, in the result's order."""
+    return {
+        method: SelectionRecord.from_selection(
+            selection, times_s=result.group_times, grid_hw=tuple(result.grid[1:]), config=result.config,
+            frames_per_group=result.frames_per_group,
+        )
+        for method, selection in result.selections.items()
+    }
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
     """A dataclass (e.g. VCastConfig), a mapping or None -> a plain dict."""
     if config is None:

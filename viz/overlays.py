@@ -24,6 +24,18 @@ OUTLINE_RGB = (255, 255, 255)
 BUDGET_RGB = (59, 130, 246)  # the budget bars' blue in viz.plots
 SHEET_BACKGROUND_RGB = (24, 24, 27)
 LABEL_TEXT_RGB = (235, 235, 235)
+NO_SCORE_RGB = (110, 110, 110)  # a token the method gave no score (pure 2x2 rules, merging)
+
+
+def resize_frames(frames: np.ndarray, max_side_px: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 RGB -> (F, h, w, 3) with the longer side at most max_side_px (never enlarged):
+    overlays drawn on display-sized frames stay sharp on screen and light in memory."""
+    height, width = frames.shape[1:3]
+    scale = min(1.0, max_side_px / max(height, width))
+    if scale == 1.0:
+        return frames
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
 
 
 def cell_index_maps(grid_hw: tuple[int, int], frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -121,15 +133,22 @@ def score_colors(
     """(...,) float scores -> (..., 3) uint8 RGB colours; vmin/vmax default to the scores' range.
 
     Inferno's luminance rises monotonically, so brighter always means a higher score, also for
-    readers who do not see colour.
+    readers who do not see colour. NaN (a method without per-token scores) is NO_SCORE_RGB.
     """
     s = np.asarray(scores, dtype=np.float32)
-    lo = float(s.min()) if vmin is None else vmin
-    hi = float(s.max()) if vmax is None else vmax
-    level = np.clip((s - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    lo, hi = _score_range(s)
+    lo, hi = lo if vmin is None else vmin, hi if vmax is None else vmax
+    level = np.clip(np.nan_to_num((s - lo) / max(hi - lo, 1e-12)), 0.0, 1.0)
     index = np.round(level * 255).astype(np.uint8).reshape(-1, 1)
-    bgr = cv2.applyColorMap(index, colormap).reshape(*s.shape, 3)
-    return bgr[..., ::-1].copy()
+    rgb = cv2.applyColorMap(index, colormap).reshape(*s.shape, 3)[..., ::-1].copy()
+    rgb[np.isnan(s)] = NO_SCORE_RGB
+    return rgb
+
+
+def _score_range(scores: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite scores; (0, 1) where there are none."""
+    finite = scores[np.isfinite(scores)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
 
 
 def overlay_heatmap(
@@ -198,7 +217,7 @@ def overlay_frames(
         if scores is None:
             raise ValueError("mode='heatmap' needs scores of shape (T, rows, cols)")
         scores = np.asarray(scores, dtype=np.float32)
-        lo, hi = float(scores.min()), float(scores.max())
+        lo, hi = _score_range(scores)
         return [
             overlay_heatmap(frame, scores[g], vmin=lo, vmax=hi, keep_mask=keep_masks[g])
             for frame, g in zip(frames, groups, strict=True)
@@ -226,9 +245,28 @@ def frame_labels(
     return labels
 
 
-def _text_scale(width_px: int) -> tuple[float, int, int]:
-    """Font scale, thickness and strip height that keep a label legible on a tile this wide."""
-    scale = float(np.clip(width_px / 640, 0.38, 0.9))
+def captioned_overlays(
+    frames: np.ndarray | Sequence[np.ndarray],
+    keep_masks: np.ndarray,
+    *,
+    times_s: np.ndarray | None = None,
+    mode: str = "kept",
+    scores: np.ndarray | None = None,
+    frames_per_group: int = 2,
+) -> list[tuple[np.ndarray, str]]:
+    """(overlay, caption) per sampled frame, for a gallery: `overlay_frames`, captioned '4.5 s · 12/64 kept'
+    (time, then the tokens its temporal group kept)."""
+    keep_masks = np.asarray(keep_masks, dtype=bool)
+    images = overlay_frames(frames, keep_masks, mode=mode, scores=scores, frames_per_group=frames_per_group)
+    budgets = keep_masks.sum(axis=(1, 2))[frame_groups(len(images), keep_masks.shape[0], frames_per_group)]
+    times = [f"{t:.1f} s · " for t in times_s] if times_s is not None else [""] * len(images)
+    tokens = keep_masks.shape[1] * keep_masks.shape[2]
+    return [(image, f"{t}{b}/{tokens} kept") for image, t, b in zip(images, times, budgets, strict=True)]
+
+
+def _text_scale(width_px: int, boost: float = 1.0) -> tuple[float, int, int]:
+    """Font scale, thickness and strip height that keep a label legible on a tile this wide (times `boost`)."""
+    scale = float(np.clip(width_px / 640, 0.38, 0.9)) * boost
     return scale, 1 if scale < 0.7 else 2, round(34 * scale) + 6
 
 
@@ -241,22 +279,34 @@ def _put_text(image: np.ndarray, text: str, *, x: int, center_y: int, scale: flo
 
 
 def _caption_strips(
-    keep_masks: np.ndarray, width_px: int, *, num_frames: int, times_s: np.ndarray | None, frames_per_group: int
+    keep_masks: np.ndarray,
+    width_px: int,
+    *,
+    num_frames: int,
+    times_s: np.ndarray | None,
+    frames_per_group: int,
+    caption_scale: float = 1.0,
 ) -> list[np.ndarray]:
-    """One label strip per frame: time, group, budget, and the bar of the group's kept share."""
+    """One label strip per frame: time, group, budget, and the bar of the group's kept share. Captions
+    enlarged by `caption_scale` > 1 say only the time and the budget, so that they fit."""
     num_groups, rows, cols = keep_masks.shape
     budgets = keep_masks.sum(axis=(1, 2))
-    labels = frame_labels(num_frames, budgets, rows * cols, times_s=times_s, frames_per_group=frames_per_group)
     groups = frame_groups(num_frames, num_groups, frames_per_group)
+    if caption_scale > 1:
+        times = [f"{float(t):.1f} s  " for t in times_s] if times_s is not None else [""] * num_frames
+        labels = [f"{t}{budgets[g]}/{rows * cols} kept" for t, g in zip(times, groups, strict=True)]
+    else:
+        labels = frame_labels(num_frames, budgets, rows * cols, times_s=times_s, frames_per_group=frames_per_group)
     return [
-        label_strip(text, width_px, share=budgets[g] / (rows * cols)) for text, g in zip(labels, groups, strict=True)
+        label_strip(text, width_px, share=budgets[g] / (rows * cols), scale=caption_scale)
+        for text, g in zip(labels, groups, strict=True)
     ]
 
 
-def label_strip(text: str, width_px: int, *, share: float | None = None) -> np.ndarray:
-    """(h, width_px, 3) uint8 RGB: the text on the sheet's dark background, and, when `share` in
-    [0, 1] is given, a blue bar along the bottom whose length is that share of the width."""
-    scale, thickness, height = _text_scale(width_px)
+def label_strip(text: str, width_px: int, *, share: float | None = None, scale: float = 1.0) -> np.ndarray:
+    """(h, width_px, 3) uint8 RGB: the text on the sheet's dark background (`scale` times the usual size for
+    this width), and, when `share` in [0, 1] is given, a blue bar along the bottom whose length is that share."""
+    scale, thickness, height = _text_scale(width_px, scale)
     strip = np.empty((height, width_px, 3), np.uint8)
     strip[:] = SHEET_BACKGROUND_RGB
     _put_text(strip, text, x=4, center_y=height // 2, scale=scale, thickness=thickness)
@@ -287,6 +337,7 @@ def contact_sheet_layout(
     columns: int | None = None,
     tile_width: int = 320,
     frames_per_group: int = 2,
+    caption_scale: float = 1.0,
 ) -> SheetLayout:
     """Tiles in rows of `columns` (default: up to 8, a multiple of frames_per_group, so a row holds
     whole groups), a thin gap between the frames of one group and a wider one between groups."""
@@ -294,7 +345,7 @@ def contact_sheet_layout(
         columns = min(num_frames, max(frames_per_group, 8 - 8 % frames_per_group))
     height, width = frame_hw
     tile_h = max(1, round(height * tile_width / width))
-    label_h = _text_scale(tile_width)[2]
+    label_h = _text_scale(tile_width, caption_scale)[2]
     small_gap, group_gap, margin = 2, 12, 8
     col = np.arange(columns)
     gaps_before = np.concatenate([[0], np.where((col[:-1] + 1) % frames_per_group == 0, group_gap, small_gap)])
@@ -319,26 +370,26 @@ def contact_sheet(
     columns: int | None = None,
     tile_width: int = 320,
     legend: bool = True,
+    caption_scale: float = 1.0,
 ) -> np.ndarray:
     """All sampled frames with their overlays, one tile per frame, for a one-glance summary.
 
     frames: (F, H, W, 3) uint8 RGB, the frames given to the model; keep_masks: (T, rows, cols)
     bool; times_s: optional (F,) frame times in seconds; mode/scores as in overlay_frames.
     Each tile is captioned with time, group and budget, and a blue bar whose length is the share
-    of the group's tokens kept; `legend` adds a key below the tiles. Returns (H', W', 3) uint8 RGB;
+    of the group's tokens kept; `legend` adds a key below the tiles. `caption_scale` > 1 enlarges the
+    captions to time and budget only (a sheet shown small, on a phone). Returns (H', W', 3) uint8 RGB;
     tile f is overlay_frames(...) of frame f resized to the tile, at contact_sheet_layout(...).boxes[f].
     """
     keep_masks = np.asarray(keep_masks, dtype=bool)
-    layout = contact_sheet_layout(
-        len(frames), frames[0].shape[:2], columns=columns, tile_width=tile_width, frames_per_group=frames_per_group
-    )
+    layout = contact_sheet_layout(len(frames), frames[0].shape[:2], columns=columns, tile_width=tile_width,
+                                  frames_per_group=frames_per_group, caption_scale=caption_scale)  # fmt: skip
     # Shrink first, then draw: outlines stay one crisp pixel instead of fading in the downscale.
     tile_h, tile_w = layout.tile_hw
     tiles = [cv2.resize(np.asarray(f), (tile_w, tile_h), interpolation=cv2.INTER_AREA) for f in frames]
     tiles = overlay_frames(tiles, keep_masks, mode=mode, scores=scores, frames_per_group=frames_per_group)
-    captions = _caption_strips(
-        keep_masks, tile_w, num_frames=len(tiles), times_s=times_s, frames_per_group=frames_per_group
-    )
+    captions = _caption_strips(keep_masks, tile_w, num_frames=len(tiles), times_s=times_s,
+                               frames_per_group=frames_per_group, caption_scale=caption_scale)  # fmt: skip
     sheet = np.empty((*layout.size_hw, 3), np.uint8)
     sheet[:] = SHEET_BACKGROUND_RGB
     for (x0, y0, x1, y1), tile, caption in zip(layout.boxes, tiles, captions, strict=True):

@@ -51,6 +51,8 @@ class AllocationRecord:
     thumbnails: optional (T, H, W, 3) uint8 RGB (or a sequence of T such images), one frame per
         group, drawn along the time axis.
     weights: optional (T,) float32 allocation weights, shown on hover.
+    label: the display name of the method whose budgets are the bars ("V-CAST"); the bars' trace is
+        named `budget_trace_name(label)`.
     """
 
     times_s: np.ndarray
@@ -60,6 +62,7 @@ class AllocationRecord:
     comparisons: Mapping[str, np.ndarray] = field(default_factory=dict)
     thumbnails: Sequence[np.ndarray] | np.ndarray | None = None
     weights: np.ndarray | None = None
+    label: str = "V-CAST"
 
     def __post_init__(self) -> None:
         # Frozen: normalise through object.__setattr__ once, so the figure code can trust dtypes.
@@ -85,9 +88,10 @@ class AllocationRecord:
         *,
         comparisons: Mapping[str, Any] | None = None,
         thumbnails: Sequence[np.ndarray] | np.ndarray | None = None,
+        label: str = "V-CAST",
     ) -> AllocationRecord:
         """From a SelectionRecord; comparison values are budgets (T,) or anything with `.budgets`
-        (a `vcast.Selection` on any device, another SelectionRecord)."""
+        (a `vcast.Selection` on any device, another SelectionRecord, e.g. other methods' selections)."""
         return cls(
             times_s=record.times_s,
             curvature=record.curvature,
@@ -96,12 +100,18 @@ class AllocationRecord:
             comparisons={k: as_numpy(getattr(v, "budgets", v)) for k, v in (comparisons or {}).items()},
             thumbnails=thumbnails,
             weights=record.weights,
+            label=label,
         )
 
 
 def comparison_trace_name(name: str) -> str:
     """The allocation figure's trace name for a comparison allocation: 'uniform' -> 'uniform budget'."""
     return f"{name} budget"
+
+
+def budget_trace_name(label: str) -> str:
+    """The allocation figure's bar trace name for the method `label`: 'V-CAST' -> BUDGET_TRACE."""
+    return f"{label} budget"
 
 
 def _vector(x: Any, dtype: type, length: int, name: str) -> np.ndarray:
@@ -152,13 +162,14 @@ def allocation_figure(
     thumbnail_px: int = 96,
     height: int = 460,
 ) -> go.Figure:
-    """Per temporal group: V-CAST budget (bars), curvature (line), comparison allocations (lines).
+    """Per temporal group: the method's budget (bars), curvature (line), comparison budgets (lines).
 
     Budgets and comparison allocations share the left axis (tokens kept per group); curvature has
     the right axis, drawn above the bars. Hovering a group shows its time, curvature, budget and
     kept share. Thumbnails (at most `max_thumbnails`, evenly spread, each at most `thumbnail_px`
     pixels) sit in a strip above the plot at their group's time.
-    Returns a Figure whose trace named BUDGET_TRACE has y == record.budgets, whose trace named
+    Returns a Figure whose trace named budget_trace_name(record.label) (BUDGET_TRACE for V-CAST) has
+    y == record.budgets, whose trace named
     CURVATURE_TRACE has y == record.curvature, and one trace comparison_trace_name(k) per comparison.
     """
     width_s = _group_width_s(record.times_s)
@@ -177,7 +188,7 @@ def allocation_figure(
 
 
 def _add_budget_bars(fig: go.Figure, r: AllocationRecord, *, width_s: float) -> None:
-    """V-CAST budgets as bars on the left axis, with everything a reader asks about a group on hover."""
+    """The method's budgets as bars on the left axis, with everything a reader asks about a group on hover."""
     num_groups, n = r.times_s.shape[0], r.tokens_per_group
     share_of_group = r.budgets / n
     share_of_video = r.budgets / max(int(r.budgets.sum()), 1)
@@ -188,12 +199,12 @@ def _add_budget_bars(fig: go.Figure, r: AllocationRecord, *, width_s: float) -> 
         x=r.times_s,
         y=r.budgets,
         width=0.8 * width_s,
-        name=BUDGET_TRACE,
+        name=budget_trace_name(r.label),
         marker={"color": BUDGET_COLOR, "opacity": 0.75},
         customdata=custom,
         hovertemplate=(
             "group %{customdata[4]:.0f}<br>"
-            f"V-CAST keeps %{{y}} of {n} tokens (%{{customdata[1]:.0%}})<br>"
+            f"{r.label} keeps %{{y}} of {n} tokens (%{{customdata[1]:.0%}})<br>"
             "%{customdata[2]:.1%} of the video's kept tokens<br>"
             f"curvature %{{customdata[0]:.3f}}{weight_text}<extra></extra>"
         ),
@@ -309,10 +320,18 @@ COST_METRICS = (
     CostMetric("ttft_ms", "time to first token", "ms"),
     CostMetric("peak_memory_mb", "peak memory", "MB"),
 )
+# What still means something where timings do not (a tiny model on a CPU): counts and memory.
+COUNT_METRICS = (
+    CostMetric("visual_tokens_kept", "visual tokens to the LLM"),
+    CostMetric("sequence_length", "sequence length"),
+    CostMetric("peak_memory_mb", "peak memory", "MB"),
+)
 
 
 # vcast.pipeline.PassMetrics.memory_kind -> what the memory panel measured.
-_MEMORY_KINDS = {"cuda_max_allocated": "peak GPU memory", "process_rss": "peak process memory (RSS)"}
+_MEMORY_KINDS = {"cuda_max_allocated": "peak GPU memory", "process_rss": "peak process memory, RSS"}
+_NO_BASELINE = "no unpruned run to compare with: ratios need it"
+_RUN_COLORS = (BUDGET_COLOR, "#f97316", "#10b981", "#a855f7", "#ec4899")  # methods in order; unpruned is grey
 
 
 def _as_metrics(metrics: Any) -> Mapping[str, Any] | None:
@@ -345,82 +364,74 @@ def cost_ratio(pruned: float | None, unpruned: float | None) -> float | None:
     return pruned / unpruned
 
 
-def cost_figure(
-    pruned: Mapping[str, Any] | Any,
-    unpruned: Mapping[str, Any] | Any | None = None,
-    *,
-    metrics: Sequence[CostMetric] = COST_METRICS,
-    pruned_label: str = "V-CAST",
-    unpruned_label: str = "unpruned",
-    title: str | None = "What pruning saves",
-    height: int = 340,
-) -> go.Figure:
-    """Pruned vs unpruned, one panel per metric, with the ratio pruned / unpruned under its title.
+def _bar_text(value: float | None, base: float | None, unit: str) -> str:
+    """'440 · 0.25×' (the ratio to the baseline where there is one), or 'n/a' for a missing value."""
+    if value is None:
+        return "n/a"
+    ratio = cost_ratio(value, base)
+    return _format_value(value, unit) + (f" · <b>{ratio:.2f}×</b>" if ratio is not None else "")
 
-    pruned, unpruned: plain metric dicts, e.g. {"visual_tokens_kept": 1024, "prefill_ms": 180.0,
-        "ttft_ms": 210.0, "peak_memory_mb": 9100.0} (keys from `metrics`), or metrics dataclasses
-        such as vcast.pipeline.PassMetrics. A missing key or None shows "n/a" instead of a bar;
-        unpruned=None (no comparison run) draws the pruned bars alone and says so under the title.
+
+def cost_figure(
+    runs: Mapping[str, Mapping[str, Any] | Any],
+    *,
+    baseline: str | None = "unpruned",
+    metrics: Sequence[CostMetric] = COST_METRICS,
+    title: str | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """Every run's cost, one panel per metric stacked vertically, a horizontal bar per run.
+
+    runs: display label -> metrics, in the order to draw them top to bottom, e.g.
+        {"V-CAST": {...}, "EVS (vLLM)": {...}, "unpruned": {...}}; each a plain dict such as
+        {"visual_tokens_kept": 1024, "prefill_ms": 180.0, ...} (keys from `metrics`) or a metrics
+        dataclass such as vcast.pipeline.PassMetrics. A missing key or None shows "n/a", not a bar.
         An optional "memory_kind" ("cuda_max_allocated" or "process_rss") names the memory panel.
-    Bars are named pruned_label and unpruned_label; their y-values are the metric values.
+    baseline: the label of the run every other is divided by (written "0.25×" after its value);
+        a label not in `runs` (no unpruned run) gives values without ratios and says so.
+    One panel per row keeps every panel readable at any width (a phone's included).
+    Returns a Figure with one bar trace per (metric, run), named by the run's label, whose x is the value.
     """
-    pruned, unpruned = _as_metrics(pruned), _as_metrics(unpruned)
-    memory_label = _MEMORY_KINDS.get(str(pruned.get("memory_kind")))
+    runs = {label: _as_metrics(m) for label, m in runs.items()}
+    first = next(iter(runs.values()), None) or {}
+    memory_label = _MEMORY_KINDS.get(str(first.get("memory_kind")))
     if memory_label:
         metrics = [CostMetric(m.key, memory_label, m.unit) if m.key == "peak_memory_mb" else m for m in metrics]
-    ratios = [cost_ratio(_metric_value(pruned, m.key), _metric_value(unpruned, m.key)) for m in metrics]
+    base = runs.get(baseline) if baseline is not None else None
+    labels = list(runs)
+    colors = {label: UNPRUNED_COLOR if label == baseline else _RUN_COLORS[i % len(_RUN_COLORS)]
+              for i, label in enumerate(labels)}  # fmt: skip
     fig = make_subplots(
-        rows=1,
-        cols=len(metrics),
-        subplot_titles=[
-            _panel_title(m, r, has_unpruned=unpruned is not None) for m, r in zip(metrics, ratios, strict=True)
-        ],
-        horizontal_spacing=0.06,
-    )
-    runs = [(unpruned_label, unpruned, UNPRUNED_COLOR), (pruned_label, pruned, BUDGET_COLOR)]
-    runs = [run for run in runs if run[1] is not None]
-    for col, metric in enumerate(metrics, start=1):
-        values = [_metric_value(run, metric.key) for _, run, _ in runs]
-        for (label, _, color), value in zip(runs, values, strict=True):
+        rows=len(metrics), cols=1, vertical_spacing=0.1 if len(metrics) > 1 else 0.0,
+        subplot_titles=[f"{m.label} ({m.unit})" if m.unit else m.label for m in metrics],
+    )  # fmt: skip
+    for row, metric in enumerate(metrics, start=1):
+        base_value = _metric_value(base, metric.key)
+        values = [_metric_value(runs[label], metric.key) for label in labels]
+        for label, value in zip(labels, values, strict=True):
             fig.add_bar(
-                x=[label],
-                y=[value if value is not None else 0.0],
-                width=0.6 if len(runs) > 1 else 0.4,
-                name=label,
-                legendgroup=label,
-                showlegend=col == 1,
-                marker={"color": color},
-                text=[_format_value(value, metric.unit) if value is not None else "n/a"],
-                textposition="outside",
-                cliponaxis=False,
+                x=[value if value is not None else 0.0], y=[label], orientation="h", name=label, legendgroup=label,
+                showlegend=False, marker={"color": colors[label]},
+                text=[_bar_text(value, None if label == baseline else base_value, metric.unit)],
+                textposition="outside", cliponaxis=False,
                 hovertemplate=f"{label}<br>{metric.label}: %{{text}}<extra></extra>",
-                row=1,
-                col=col,
-            )
-        # Headroom above the tallest bar for its value label.
-        tallest = max((v for v in values if v is not None), default=0.0)
-        fig.update_yaxes(range=[0, 1.25 * tallest if tallest > 0 else 1.0], row=1, col=col)
-
-    _base_layout(fig, title=title, height=height)
-    if unpruned is None:
-        fig.update_layout(title_subtitle_text="no unpruned run to compare with: turn the comparison on to see ratios")
-    fig.update_layout(
-        legend={"orientation": "h", "x": 0.0, "y": -0.06, "xanchor": "left", "yanchor": "top"},
-        margin={"l": 20, "r": 20, "t": 110 if title else 80, "b": 40},
-    )
-    # Values are written on the bars; grids and ticks would only add noise.
-    fig.update_xaxes(showticklabels=False, showgrid=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=True)
+                row=row, col=1,
+            )  # fmt: skip
+        # Room right of the longest bar for its value and ratio.
+        longest = max((v for v in values if v is not None), default=0.0)
+        fig.update_xaxes(range=[0, 2.0 * longest if longest > 0 else 1.0], row=row, col=1)
+    row_px = 22 * len(labels) + 46
+    _base_layout(fig, title=title, height=height or 30 + len(metrics) * row_px + (40 if title else 0))
+    if base is None and baseline is not None:
+        fig.add_annotation(text=_NO_BASELINE, xref="paper", yref="paper",
+                           x=0, y=-0.02, xanchor="left", yanchor="top", showarrow=False, font={"size": 11})  # fmt: skip
+    fig.update_layout(margin={"l": 8, "r": 8, "t": 56 if title else 24, "b": 24}, bargap=0.25)
+    # Values are written on the bars; grids and x ticks would only add noise.
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=True)
+    fig.update_yaxes(autorange="reversed", showgrid=False, ticksuffix=" ", automargin=True)
+    # Panel titles at the left edge: centred ones get cut on a phone.
+    fig.for_each_annotation(lambda a: a.update(x=0, xanchor="left", font_size=12) if a.text != _NO_BASELINE else None)
     return fig
-
-
-def _panel_title(metric: CostMetric, ratio: float | None, *, has_unpruned: bool) -> str:
-    """'prefill (ms)' over '0.32× · −68%' in the pruned colour (or why there is no ratio)."""
-    name = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
-    if ratio is None:
-        return name if not has_unpruned else f"{name}<br>ratio n/a"
-    change = f"{(ratio - 1.0) * 100.0:+.0f}%".replace("-", "−")
-    return f"{name}<br><span style='color:{BUDGET_COLOR}'><b>{ratio:.2f}×</b> · {change}</span>"
 
 
 def save_png(
