@@ -1,4 +1,4 @@
-"""Accuracy of pruning methods on video QA benchmarks: `python -m vcast.eval` (see the README, "Reproduce the accuracy claim").
+"""Accuracy of pruning methods on video QA benchmarks: `python -m vcast.eval` (README: "Reproduce the accuracy claim").
 
 The pure parts (manifest, readers, subsets, letters, statistics, report) import no model code;
 `EvalSettings` and `run` (the runner, which loads models) are imported on first use.

@@ -23,7 +23,8 @@ from .stats import DEFAULT_RESAMPLES
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vcast.eval", description=__doc__.strip().splitlines()[0])
     parser.add_argument(
-        "--data", required=True, help="a manifest (.jsonl) or a Video-MME / MVBench folder (see the README, "Reproduce the accuracy claim")"
+        "--data", required=True,
+        help="a manifest (.jsonl) or a Video-MME / MVBench folder (README: 'Reproduce the accuracy claim')",
     )
     parser.add_argument("--out", required=True, help="results folder; rerun with the same --out to resume")
     parser.add_argument(

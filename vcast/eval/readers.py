@@ -198,7 +198,7 @@ def detect(path: Path) -> str:
     raise ManifestError(
         f"{path}: not a benchmark this runner reads. Give a manifest (.jsonl, or a folder holding "
         "manifest.jsonl), a Video-MME folder (videomme/test-*.parquet + data/<videoID>.mp4) or an MVBench "
-        "folder (json/<task>.json + video/<source folders>); see the README, "Reproduce the accuracy claim"."
+        "folder (json/<task>.json + video/<source folders>); see the README, 'Reproduce the accuracy claim'."
     )
 
 
