@@ -117,10 +117,11 @@ def test_pruned_prefill_and_decoding_equal_an_unpruned_forward_with_dropped_toke
     assert (logits[0] - unmasked[-1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
-def test_qwen3_5_pruned_pass_equals_a_cache_free_forward_over_the_kept_tokens(moe):
+def test_qwen3_5_pruned_pass_equals_a_cache_free_forward_over_the_kept_tokens(moe, attn):
     family = "qwen3_5_moe" if moe else "qwen3_5"
-    model, adapter, inputs = family_setup(family, seed=2)
+    model, adapter, inputs = family_setup(family, seed=2, attn=attn)
     plain = capture_positions(model, lambda: model.generate(**inputs, max_new_tokens=STEPS, do_sample=False))
     with torch.inference_mode():
         features, positions, selection, pruned = _prepared(adapter, inputs, ratio=0.25)
