@@ -42,7 +42,7 @@ from vcast.methods import METHODS
 from vcast.models.base import cache_argument, generation_attention
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from vcast.models.mrope import DEFAULT_VISION_CHUNK_PATCHES
-from vcast.pipeline import Prompt, VideoQA, check_methods, tiny_family
+from vcast.pipeline import DEFAULT_MAX_PIXELS_PER_VIDEO, Prompt, VideoQA, check_methods, tiny_family
 from vcast.video import VideoClip
 
 # A method of the benchmark: (name in vcast.METHODS, retain ratio), or None for the unpruned pass.
@@ -238,6 +238,8 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
             cache, charged = pass_cache(qa.decode_caches, int(pass_inputs.input_ids.shape[1]) + new_tokens)
             if cuda:
                 held -= charged
+        elif qa.graph_decoder is not None:  # the default on a GPU: the static cache its prefill writes into
+            cache = qa.graph_decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
         calls_cache = _device_calls(cuda)
         cache_kwarg = {} if cache is None else {cache_argument(model): cache}
         out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, **cache_kwarg)
@@ -246,17 +248,23 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
         phase_peaks["prefill"] = _phase_peak(cuda)
         calls_forward = _device_calls(cuda)
         times = clock.ms()
-        if cache is not None:
+        if qa.decode_caches is not None:
             cache.reset()
+        else:
+            del cache, cache_kwarg  # the decoder allocates its own, as in the app
 
         first_token = _FirstTokenClock(device)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        kwargs = {} if cache is None else {cache_argument(model): cache}
-        with generation_attention(device):
-            model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=False, streamer=first_token, **kwargs)  # fmt: skip
+        if qa.decode_caches is not None:
+            with generation_attention(device):
+                model.generate(**pass_inputs.generate_kwargs(), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               do_sample=False, streamer=first_token, **{cache_argument(model): cache})  # fmt: skip
+            decoding = "generate"
+        else:  # VideoQA's own decoding: the graph decoder on a GPU, generate elsewhere
+            decoding = qa.decode(pass_inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 streamer=first_token)  # fmt: skip
         if cuda:
             torch.cuda.synchronize()
         end = time.perf_counter()
@@ -278,6 +286,7 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
         "peak_above_weights_mb": max(peaks.values()) if cuda else None,
         "visual_tokens": pass_inputs.num_visual_tokens,
         "sequence_length": int(pass_inputs.input_ids.shape[1]),
+        "decoding": decoding,
     }
 
 
@@ -417,8 +426,10 @@ def _model(size: str, args) -> VideoQA:
         return VideoQA.tiny(family=family, attn_implementation=args.attn, compile_vision=compile_vision,
                             compile_decode=args.compile_decode,
                             vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+    budget = {"app": DEFAULT_MAX_PIXELS_PER_VIDEO, "none": None}[args.pixel_budget]
     return VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
-                                  compile_vision=compile_vision, compile_decode=args.compile_decode,
+                                  max_pixels_per_video=budget, compile_vision=compile_vision,
+                                  compile_decode=args.compile_decode,
                                   vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
 
 
@@ -429,6 +440,10 @@ def main(argv: list[str] | None = None) -> None:
                         "(random weights, real shapes); tiny or tiny-<family>: a CPU smoke test")  # fmt: skip
     parser.add_argument("--videos", default="32x448x448,64x352x640,128x352x640", help="FRAMESxHEIGHTxWIDTH,...")
     parser.add_argument("--ratios", default="0.25,0.15")
+    parser.add_argument("--pixel-budget", choices=("app", "none"), default="app",
+                        help="app: the processor's total pixel budget over the clip that from_pretrained (the app) "
+                        "sets (16384 x 32 x 32; a 128 x 352 x 640 clip gives 7680 visual tokens); none: frames are "
+                        "only capped one by one (that clip gives 14080, the setting of issue 7's figures)")  # fmt: skip
     parser.add_argument("--methods", default="vcast",
                         help=f"comma-separated, measured at each ratio beside unpruned: {', '.join(METHODS)} "
                         "(the 2x2 methods at 0.25 only)")  # fmt: skip

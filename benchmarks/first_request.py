@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="8B")
     parser.add_argument("--warm", default="32x448x448,128x352x640")
     parser.add_argument("--new", default="64x336x592,96x448x256,48x448x448")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="compile vision, and compile_decode")
+    parser.add_argument("--compile-vision", action="store_true", help="compile the vision tower only")
     parser.add_argument("--keep-caches", type=int, default=0)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args(argv)
-    qa = VideoQA.random_weights(args.model, compile_vision=args.compile, compile_decode=args.compile)
+    qa = VideoQA.random_weights(args.model, compile_vision=args.compile or args.compile_vision,
+                                compile_decode=args.compile)  # fmt: skip
     if args.compile and args.keep_caches:
         qa.decode_caches = DecodeCaches(qa.model, kept=args.keep_caches)
     started = time.perf_counter()

@@ -32,6 +32,7 @@ from .methods import METHOD_LABELS, METHODS, prune
 from .models.base import ModelAdapter, PassInputs, VisionFeatures, adapter_class, adapter_for, cache_argument
 from .models.base import generation_attention as _generation_attention
 from .models.decode import DecodeCaches
+from .models.graph_decode import GraphDecoder
 from .models.mrope import DEFAULT_VISION_CHUNK_PATCHES
 from .video import VideoClip, read_video
 
@@ -95,6 +96,7 @@ class PassMetrics:
     new_tokens: int
     peak_memory_mb: float
     memory_kind: str
+    decoding: str = "generate"  # "cuda_graphs", "eager_loop" (VideoQA's graph decoder) or "generate"
 
 
 STOP_REASONS = {
@@ -329,6 +331,9 @@ def tiny_family(model_id: str) -> str | None:
     return None
 
 
+DEFAULT_MAX_PIXELS_PER_VIDEO = 16384 * 32 * 32  # the processor's pixel budget over a clip: 16384 merged tokens
+
+
 class VideoQA:
     """A video LLM and its processor, loaded once, answering questions about videos.
 
@@ -347,6 +352,7 @@ class VideoQA:
         batched_vision_attention: bool = True,
         compile_vision: bool | str = False,
         compile_decode: bool = False,
+        graph_decode: bool | None = None,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
     ):
         """Wrap a loaded `model` of a supported family and its `processor`.
@@ -366,6 +372,11 @@ class VideoQA:
         cache is freed with it; `self.decode_caches = DecodeCaches(model, kept=2)` keeps them across
         requests instead (the reported peak memory then includes them). Greedy or sampled decoding
         of one sequence only (no beams). On the CPU the caches are used without compilation.
+        graph_decode: decode each pass from a static KV cache with every step one CUDA-graph replay
+        (`vcast.models.graph_decode`): no compilation, recorded per pass in one step's time, GPU-bound
+        decoding. None (the default) turns it on where the model sits on one GPU; passes whose
+        generation options it does not reproduce (beams, repetition penalties, ...) use generate.
+        Ignored when compile_decode is set.
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         Raises ValueError naming the supported families for a model of another family.
         """
@@ -376,6 +387,9 @@ class VideoQA:
             mode = compile_vision if isinstance(compile_vision, str) else None
             self.adapter.vision_tower.compile(dynamic=True, mode=mode)
         self.decode_caches = DecodeCaches(model) if compile_decode else None
+        if graph_decode is None:
+            graph_decode = model.device.type == "cuda"
+        self.graph_decoder = GraphDecoder(model) if graph_decode and not compile_decode else None
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
         self.max_generation_s = max_generation_s
@@ -401,9 +415,10 @@ class VideoQA:
         device_map: str | dict | None = "auto",
         dtype: str | torch.dtype = "auto",
         attn_implementation: str | None = None,
-        max_pixels_per_video: int = 16384 * 32 * 32,
+        max_pixels_per_video: int = DEFAULT_MAX_PIXELS_PER_VIDEO,
         compile_vision: bool | str = False,
         compile_decode: bool = False,
+        graph_decode: bool | None = None,
         vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
         **loading_options,
@@ -413,12 +428,12 @@ class VideoQA:
         The family comes from the checkpoint's `config.model_type`. `max_pixels_per_video` is the
         processor's total pixel budget over the clip, in Qwen3-VL's 32 x 32-pixel merged tokens (the
         other Qwen families get the same token budget; LLaVA-OneVision's frames are always 384 pixels).
-        `compile_vision`, `compile_decode`, `vision_chunk_patches` and `max_generation_s` are VideoQA's
+        `compile_vision`, `compile_decode`, `graph_decode`, `vision_chunk_patches` and `max_generation_s` are VideoQA's
         (see `__init__`); other keywords go to transformers' `from_pretrained`. "tiny" or
         "tiny-<family>" builds the offline tiny model instead. Raises ModelError with what to do when
         the checkpoint is unreachable, unknown, or of an unsupported family.
         """
-        options = {"compile_vision": compile_vision, "compile_decode": compile_decode,
+        options = {"compile_vision": compile_vision, "compile_decode": compile_decode, "graph_decode": graph_decode,
                    "vision_chunk_patches": vision_chunk_patches, "max_generation_s": max_generation_s}  # fmt: skip
         family = tiny_family(model_id)
         if family is not None:
@@ -486,6 +501,7 @@ class VideoQA:
         dtype: torch.dtype = torch.bfloat16,
         attn_implementation: str = "sdpa",
         max_pixels_per_frame: int = 768 * 32 * 32,
+        max_pixels_per_video: int | None = DEFAULT_MAX_PIXELS_PER_VIDEO,
         **options,
     ) -> VideoQA:
         """A random-weight model with the real shapes of a released checkpoint and an offline processor:
@@ -498,7 +514,10 @@ class VideoQA:
         model = random_model(name, device=device, dtype=dtype, attn_implementation=attn_implementation)
         processor = real_processor(name, max_pixels_per_frame)
         label = f"Qwen3-VL-{name}" if name in REAL_SIZES else name
-        return cls(model, processor, model_id=f"random-weights:{label}", **options)
+        # The processor's total budget over the clip, as from_pretrained (the app) sets it; None: frames capped only.
+        budget = None if max_pixels_per_video is None else adapter_class(model.config.model_type).pixel_budget(
+            max_pixels_per_video)  # fmt: skip
+        return cls(model, processor, model_id=f"random-weights:{label}", processor_kwargs=budget, **options)
 
     # -- the public steps -------------------------------------------------------------------------
 
@@ -767,22 +786,12 @@ class VideoQA:
     ) -> PassResult:
         emit = None if on_token is None else (lambda piece: on_token(name, piece))
         streamer = _PassStreamer(self.processor.tokenizer, emit, self.device)
-        stop = StoppingCriteriaList([_CancelCriteria(cancel)])
-        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "max_time": self.max_generation_s,
-                  "stopping_criteria": stop, **generation_kwargs}  # fmt: skip
-        if not kwargs.get("do_sample"):
-            kwargs.setdefault("temperature", None)
-            kwargs.setdefault("top_p", None)
-            kwargs.setdefault("top_k", None)
         self._reset_peak()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        if self.decode_caches is not None:  # allocating the cache is part of this pass's prefill
-            length = int(pass_inputs.input_ids.shape[1]) + max_new_tokens
-            kwargs[cache_argument(self.model)] = self.decode_caches.get(length)
-        with torch.inference_mode(), _generation_attention(self.device):
-            self.model.generate(**pass_inputs.generate_kwargs(), streamer=streamer, **kwargs)
+        decoding = self.decode(pass_inputs, max_new_tokens=max_new_tokens, streamer=streamer, cancel=cancel,
+                               **generation_kwargs)  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         end = time.perf_counter()
@@ -805,10 +814,66 @@ class VideoQA:
             new_tokens=new_tokens,
             peak_memory_mb=peak,
             memory_kind="cuda_max_allocated" if self.device.type == "cuda" else "process_rss",
+            decoding=decoding,
         )
         text = self.processor.tokenizer.decode(streamer.token_ids, skip_special_tokens=True)
         return PassResult(text=text, token_ids=list(streamer.token_ids), metrics=metrics, method=name,
                           stop_reason=stop_reason)  # fmt: skip
+
+    def decode(self, pass_inputs: PassInputs, *, max_new_tokens: int, streamer: BaseStreamer | None = None,
+               cancel: threading.Event | None = None, **generation_kwargs) -> str:  # fmt: skip
+        """Prefill and decode one pass (the LLM part of `generate`), handing tokens to `streamer`
+        (transformers' `put`/`end` protocol: the prompt first, then each new token). Stops at an
+        end-of-text token (not before `min_new_tokens`, if given), after `max_new_tokens`, at
+        `max_generation_s` or when `cancel` is set. Returns how it decoded:
+        "cuda_graphs" or "eager_loop" (the graph decoder, `graph_decode`) or "generate" (transformers'
+        generate: on the CPU, with compile_decode, or for options the graph decoder does not reproduce)."""
+        cancel = cancel or threading.Event()
+        decoder = self.graph_decoder
+        if decoder is not None and decoder.unsupported(generation_kwargs) is None:
+            return self._decode_with(decoder, pass_inputs, max_new_tokens, streamer, cancel, generation_kwargs)
+        stop = StoppingCriteriaList([_CancelCriteria(cancel)])
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "max_time": self.max_generation_s,
+                  "stopping_criteria": stop, **generation_kwargs}  # fmt: skip
+        if not kwargs.get("do_sample"):
+            kwargs.setdefault("temperature", None)
+            kwargs.setdefault("top_p", None)
+            kwargs.setdefault("top_k", None)
+        if self.decode_caches is not None:  # allocating the cache is part of this pass's prefill
+            length = int(pass_inputs.input_ids.shape[1]) + max_new_tokens
+            kwargs[cache_argument(self.model)] = self.decode_caches.get(length)
+        with torch.inference_mode(), _generation_attention(self.device):
+            self.model.generate(**pass_inputs.generate_kwargs(), streamer=streamer, **kwargs)
+        return "generate"
+
+    def _decode_with(self, decoder: GraphDecoder, pass_inputs: PassInputs, max_new_tokens: int,
+                     streamer: BaseStreamer | None, cancel: threading.Event,
+                     generation_kwargs: dict) -> str:  # fmt: skip
+        if streamer is not None:
+            streamer.put(pass_inputs.input_ids)
+        started = time.perf_counter()
+        limit = self.max_generation_s
+
+        def on_token(token_id: int) -> bool:
+            if streamer is not None:
+                streamer.put(torch.tensor([token_id]))
+            return cancel.is_set() or (limit is not None and time.perf_counter() - started > limit)
+
+        try:
+            with torch.inference_mode(), _generation_attention(self.device):
+                decoder.run(pass_inputs, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs,
+                            on_token=on_token, stop_ids=self._eos_ids())  # fmt: skip
+        finally:
+            if streamer is not None:
+                streamer.end()
+        return decoder.mode
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        if self.processor.tokenizer.eos_token_id is not None:
+            eos.add(self.processor.tokenizer.eos_token_id)
+        return eos
 
     def _stop_reason(self, token_ids: list[int], max_new_tokens: int, cancel: threading.Event) -> str:
         """Why generation ended: cancelled, at the token cap, at an end-of-text token, else the time limit."""
@@ -816,10 +881,7 @@ class VideoQA:
             return "cancelled"
         if len(token_ids) >= max_new_tokens:
             return "token_limit"
-        eos = self.model.generation_config.eos_token_id
-        eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
-        eos.add(self.processor.tokenizer.eos_token_id)
-        if token_ids and token_ids[-1] in eos:
+        if token_ids and token_ids[-1] in self._eos_ids():
             return "end_of_text"
         return "time_limit"
 
