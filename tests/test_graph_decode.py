@@ -187,3 +187,15 @@ def test_graph_decoder_refuses_a_pass_it_cannot_reproduce():
     decoder = GraphDecoder(VideoQA.tiny().model)
     with pytest.raises(ValueError, match="cannot decode this pass: generation options num_beams need generate"):
         decoder.run(None, max_new_tokens=2, generation_kwargs={"num_beams": 2}, on_token=bool, stop_ids=set())
+
+
+def test_the_vision_attention_avoids_cudnn_by_default_and_any_order_can_be_named():
+    from vcast.pipeline import DEFAULT_VISION_SDPA
+
+    qa = VideoQA.tiny()
+    assert qa.vision_sdpa_backends == list(DEFAULT_VISION_SDPA) and "cudnn" not in DEFAULT_VISION_SDPA
+    qa.vision_sdpa_backends = ["math"]  # on the CPU the choice is not applied: the same features either way
+    clip = synthetic_clip(4, 64, 64)
+    first = qa.encode(qa.prompt(clip, QUESTION)).features.embeds
+    qa.vision_sdpa_backends = None
+    assert torch.equal(first, qa.encode(qa.prompt(clip, QUESTION)).features.embeds)

@@ -331,6 +331,7 @@ def tiny_family(model_id: str) -> str | None:
     return None
 
 
+DEFAULT_VISION_SDPA = ("flash", "efficient", "math")  # the vision attention's backends on a GPU (no cuDNN)
 DEFAULT_MAX_PIXELS_PER_VIDEO = 16384 * 32 * 32  # the processor's pixel budget over a clip: 16384 merged tokens
 
 
@@ -392,6 +393,11 @@ class VideoQA:
         self.graph_decoder = GraphDecoder(model) if graph_decode and not compile_decode else None
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
+        # SDPA backends for the vision tower's attention on a GPU, by name ("flash", "efficient", "cudnn",
+        # "math"); None: PyTorch's own order. Not cuDNN by default: PyTorch puts it first on Hopper, and it
+        # plans every new shape anew, so the first video of a new size paid up to 3.5x the second's time
+        # (H200, docs/BENCHMARKS.md section 10); flash is 4-5% slower on a known shape.
+        self.vision_sdpa_backends: list[str] | None = list(DEFAULT_VISION_SDPA)
         self.max_generation_s = max_generation_s
         self.is_tiny = tiny_family(model_id) is not None
 
@@ -746,7 +752,7 @@ class VideoQA:
     def _encode(self, prompt: Prompt, cancel: threading.Event) -> Prepared:
         self._check(cancel)
         self._reset_peak()
-        with torch.inference_mode(), _Timer(self.device) as vision:
+        with torch.inference_mode(), self._vision_backends(), _Timer(self.device) as vision:
             on_host = self.adapter.prompt_on_host(prompt.inputs)
             features = self.adapter.encode(prompt.inputs, chunk_patches=self.vision_chunk_patches)
             positions = self.adapter.positions(on_host, device=self.device)  # overlaps the GPU work
@@ -755,6 +761,15 @@ class VideoQA:
             vision_ms=vision.ms, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),
             processed_size=self.adapter.processed_size(features),
         )  # fmt: skip
+
+    def _vision_backends(self):
+        if not self.vision_sdpa_backends or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+        return sdpa_kernel([names[n] for n in self.vision_sdpa_backends])
 
     @contextlib.contextmanager
     def _model_errors(self, stage: list[str]) -> Iterator[None]:
