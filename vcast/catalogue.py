@@ -2,12 +2,14 @@
 
 The CLI and the app choose alike: `default_model_id` is Qwen3-VL-8B on a GPU that holds it, Qwen3-VL-2B
 otherwise (a smaller GPU or a CPU); where the Hugging Face hub cannot be reached, only the tiny offline
-models (`tiny`, `tiny-<family>`) can run.
+models (`tiny`, `tiny-<family>`) can run. `load_startup_model` is how a server starts: the model it serves and a
+banner saying how it is degraded (a tiny random model, no GPU).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,9 @@ from typing import Any
 
 import torch
 
+from .pipeline import ModelError, VideoQA
+
+logger = logging.getLogger(__name__)
 TINY_MODELS = ("tiny", "tiny-qwen3_vl_moe", "tiny-qwen2_5_vl", "tiny-qwen3_5", "tiny-llava_onevision")
 
 
@@ -44,10 +49,14 @@ CHECKPOINTS = (
 )
 LARGE_DEFAULT, SMALL_DEFAULT = "Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"
 _NEEDS = {c.model_id: c.gpu_gib for c in CHECKPOINTS}
+ZERO_GPU_GIB, ZERO_GPU_MAX_S = 70.0, 120  # a ZeroGPU slice of an H200, and its longest reservation
 
 
-def gpu_memory_gib() -> float:
-    """Total memory of the GPU a model would use (the first); 0 without one."""
+def gpu_memory_gib(*, zero_gpu: bool = False) -> float:
+    """Total memory of the GPU a model would use (the first); 0 without one. zero_gpu: ZeroGPU's slice, which no
+    process sees outside a call."""
+    if zero_gpu:
+        return ZERO_GPU_GIB
     if not torch.cuda.is_available():
         return 0.0
     return torch.cuda.get_device_properties(0).total_memory / 2**30
@@ -72,6 +81,13 @@ def model_choices(loaded_id: str, *, hub_ok: bool, gpu_gib: float) -> list[str]:
         return [loaded_id, *(m for m in TINY_MODELS if m != loaded_id)]
     fitting = fitting_models(gpu_gib)
     return fitting if loaded_id in fitting else [loaded_id, *fitting]
+
+
+def offered_models(loaded_id: str, models: list[str] | None = None, *, hub_ok: bool, gpu_gib: float) -> list[str]:
+    """What a server offers: `models` (default: `model_choices`) with the loaded model first, once: the one a request
+    that names none gets."""
+    models = models or model_choices(loaded_id, hub_ok=hub_ok, gpu_gib=gpu_gib)
+    return [loaded_id, *(m for m in models if m != loaded_id)]
 
 
 def startup_model_id(requested: str | None, *, hub_ok: bool, gpu_gib: float) -> str:
@@ -100,3 +116,51 @@ class ModelSlot:
                     torch.cuda.empty_cache()
                 self.held = self.load(model_id)
             return self.held
+
+
+def load(model_id: str, *, max_generation_s: float, compile_model: bool = False, zero_gpu: bool = False,
+         warm_up_video: str | None = None) -> VideoQA:  # fmt: skip
+    """`model_id` as a server serves it: each answer cut at `max_generation_s`; with `compile_model`, on a CUDA GPU,
+    the vision tower and the decode step compiled; warmed up on `warm_up_video` (a tiny model is not). zero_gpu:
+    the weights go straight to "cuda", and there is no GPU outside a call to compile or warm up with."""
+    # ZeroGPU: decoding stays eager (graph recording is untested on a GPU lent per call, in another process)
+    zero = {"device_map": "cuda", "graph_decode": False} if zero_gpu else {}
+    options = {"max_generation_s": max_generation_s, **zero}
+    if compile_model and not zero_gpu and torch.cuda.is_available():
+        options.update(compile_vision=True, compile_decode=True)
+    qa = VideoQA.from_pretrained(model_id, **options)
+    if warm_up_video is not None and not (zero_gpu or qa.is_tiny):
+        logger.info("warmed %s up in %.1f s", model_id, qa.warm_up(warm_up_video))
+    return qa
+
+
+def load_startup_model(requested: str | None, *, hub_ok: bool, gpu_gib: float, load: Callable[..., VideoQA],
+                       **options: Any) -> tuple[VideoQA, str | None]:  # fmt: skip
+    """The model to serve, `load(startup_model_id(...), **options)`, or where that fails the tiny offline one, and
+    `degraded_banner`'s Markdown (or None); the log says so too."""
+    why = "as asked" if requested else "the Hugging Face hub cannot be reached from here"
+    try:
+        qa = load(startup_model_id(requested, hub_ok=hub_ok, gpu_gib=gpu_gib), **options)
+    except ModelError as err:
+        qa, why = load(TINY_MODELS[0]), str(err)
+    if qa.is_tiny:
+        logger.warning("serving %s, a tiny random model (%s): its answers are noise", qa.model_id, why)
+    return qa, degraded_banner(qa, why)
+
+
+def degraded_banner(qa: VideoQA, why: str) -> str | None:
+    """Markdown telling the user how the served `qa` falls short (why: why a tiny model serves), or None."""
+    if qa.is_tiny:
+        return (f"⚠️ **Offline demo: a tiny random model** ({why}). Its answers are noise; selections, figures "
+                "and token counts are real. For real answers, run it where huggingface.co is reachable or give "
+                "`--model` a downloaded checkpoint.")  # fmt: skip
+    on_cpu = qa.device.type == "cpu"
+    return f"⚠️ **No GPU:** `{qa.model_id}` runs on the CPU; an answer takes minutes." if on_cpu else None
+
+
+def gpu_seconds(model_id: str, clip: Any, question: str, config: Any, methods: list[str], compare: bool,
+                max_new_tokens: int) -> int:  # fmt: skip
+    """ZeroGPU's reservation for one answer (the arguments of the app's answer_events; `clip` a VideoClip): the
+    vision tower by frames, each pass by its token cap (about 20 tokens/s on a ZeroGPU slice), within the longest
+    reservation there is."""
+    return int(min(ZERO_GPU_MAX_S, 15 + 0.3 * clip.num_frames + (len(methods) + compare) * (3 + max_new_tokens / 20)))

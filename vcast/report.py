@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import TypedDict
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TypedDict
 
 from .config import VCastConfig
 from .methods import METHOD_LABELS as _LABELS
-from .pipeline import FULL, STOP_REASONS, PassMetrics, QAResult
+from .pipeline import FULL, STOP_REASONS, ModelError, PassMetrics, PassResult, QAResult, tiny_family
 
 METHOD_LABELS = {**_LABELS, FULL: "unpruned"}  # the methods' display names and the unpruned pass's
 
@@ -26,6 +35,10 @@ METRIC_ROWS = (
 )
 # Rows that only count (tokens, memory): the ones still meaningful where timings are not (a tiny model on a CPU).
 COUNT_FIELDS = ("visual_tokens_kept", "sequence_length", "peak_memory_mb", "new_tokens")
+TINY_COSTS = (
+    "**Timings are left out:** those of a tiny random model on a CPU say nothing about what pruning saves. "
+    "Token counts and memory are real; a real model on a GPU adds prefill, first-token and speed.\n\n"
+)
 
 
 # The record's types: its JSON schema for scripts (the app's /analyze documents its result with them).
@@ -65,6 +78,16 @@ class ResultRecord(TypedDict):
     group_times_s: list[float]
     budgets: list[int]
     curvature: list[float]
+
+
+class AnalyzeResult(ResultRecord):
+    """/analyze's result: a ResultRecord, every method's kept grid cells per temporal group under `selections`
+    (viz.export.selection_to_dict; `selection` is the main method's), and `notes`: a sentence on how the video was
+    read where it was not read as usual, and one per answer the time limit cut."""
+
+    selections: dict[str, dict[str, Any]]
+    selection: dict[str, Any]
+    notes: list[str]
 
 
 def label(method: str) -> str:
@@ -153,3 +176,93 @@ def cut_short(result: QAResult, reasons: tuple[str, ...] = ("time_limit", "token
     return [f"The {label(name)} answer stopped after {run.metrics.new_tokens} tokens: {STOP_REASONS[run.stop_reason]}; "
             "ask for a shorter answer or use fewer frames."
             for name, run in runs if run.stop_reason in reasons]  # fmt: skip
+
+
+def notes(result: QAResult) -> list[str]:
+    """What a user should know about the answer: how the video was read where it was not read as usual, and one
+    sentence per answer the time limit cut."""
+    return [*result.clip.notes, *cut_short(result, reasons=("time_limit",))]
+
+
+def analyze_record(result: QAResult, selections: dict[str, dict[str, Any]]) -> AnalyzeResult:
+    """result_record with every method's `selections` (viz.selection_to_dict of each) and the `notes`."""
+    return {**result_record(result), "selections": selections, "selection": selections[result.main_method],
+            "notes": notes(result)}  # fmt: skip
+
+
+def has_timings(result: QAResult) -> bool:
+    """Whether the passes' timings mean something: not those of a tiny random model (which runs on a CPU)."""
+    return tiny_family(result.model_id) is None
+
+
+def pass_metrics(result: QAResult) -> dict[str, PassMetrics]:
+    """Each pass's metrics by display name: the methods in order, then the unpruned pass if it ran."""
+    runs = [*result.passes.items(), *([(FULL, result.full)] if result.full is not None else [])]
+    return {label(name): run.metrics for name, run in runs}
+
+
+def cost_markdown(result: QAResult) -> str:
+    """The app's cost table: `metric_markdown`, with only the counting rows, and TINY_COSTS saying why, where the
+    timings mean nothing (`has_timings`)."""
+    timings = has_timings(result)
+    return TINY_COSTS * (not timings) + metric_markdown(result, timings=timings)
+
+
+def write_json(record: Mapping[str, Any], root: Path, *, max_age_s: float, name: str = "vcast_result.json") -> Path:
+    """`record` as indented JSON in a new folder under `root`, whose folders older than `max_age_s` go first (a
+    server offering each answer as a file keeps only the recent ones)."""
+    for old in root.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(old) if old.stat().st_mtime < time.time() - max_age_s else None
+    path = Path(tempfile.mkdtemp(dir=root)) / name
+    path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return path
+
+
+def done_markdown(result: QAResult, seconds: float) -> str:
+    """The one-line summary of a finished answer (Markdown): how long it took, the model, the frames, the share of
+    visual tokens the main method kept, and the `notes`, each after a ⚠️."""
+    kept, total = result.pruned.metrics.visual_tokens_kept, result.pruned.metrics.visual_tokens_in
+    return (f"**Done** in {seconds:.1f} s on `{result.model_id}` · {result.clip.num_frames} frames · "
+            f"{label(result.main_method)} kept **{kept:,} of {total:,}** visual tokens ({kept / max(total, 1):.0%}). "
+            + " ".join(f"⚠️ {n}" for n in notes(result)))  # fmt: skip
+
+
+@dataclass
+class StreamedAnswer:
+    """What `VideoQA.stream`'s events have brought so far: each pass's text by name (the methods, then "full"), the
+    selections (`partial`: a QAResult without passes), the passes that ended, and the QAResult once "done"."""
+
+    texts: dict[str, str]
+    partial: QAResult | None = None
+    passes: dict[str, PassResult] = dataclasses.field(default_factory=dict)
+    result: QAResult | None = None
+
+    def follow(self, events: Iterable[tuple[str, Any]], stop: threading.Event, refresh_s: float = 0.1) -> Iterator[str]:
+        """Reads `events` into this record up to "done", or up to the first event after `stop` is set; yields a
+        pass's name when its text is worth showing again: its first piece, then at most every `refresh_s` (a few
+        refreshes a second read as streaming; one per token would slow the timed generation). ModelError if the
+        events end without "done" and no stop was asked for."""
+        shown_at = 0.0
+        for kind, payload in events:
+            if stop.is_set() or kind == "done":
+                self.result = payload if kind == "done" else None
+                return
+            if kind == "selected":
+                self.partial = payload
+            elif kind == "pass":
+                self.passes[payload.method] = payload
+            else:
+                self.texts[kind] += payload
+                if self.texts[kind] == payload or time.perf_counter() - shown_at > refresh_s:
+                    shown_at = time.perf_counter()
+                    yield kind
+        if not stop.is_set():
+            raise ModelError("The model stopped before it finished its answers; please run again.")
+
+    def so_far(self) -> QAResult | None:
+        """The selections with the passes that ended (the unpruned one as `full`); None before every method selected."""
+        if self.partial is None:
+            return None
+        methods = {name: run for name, run in self.passes.items() if name != FULL}
+        return replace(self.partial, passes=methods, full=self.passes.get(FULL))

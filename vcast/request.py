@@ -4,21 +4,43 @@ Values come from web forms and JSON (`/analyze`, MCP), so a number may arrive as
 400-digit integer; each unusable setting gets one sentence naming it as the page labels it and as the
 API calls it ("Frames sampled (num_frames) must be an even number from 2 to 64, got '4.0'."). The
 model-level checks (the question's control tokens, the methods, VCastConfig's ranges) are VideoQA's and
-VCastConfig's own; this module adds what a shared server limits.
+VCastConfig's own; this module adds what a shared server limits, which payloads are uploaded files, and the
+sentence a user is shown for every failure (`user_message`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+import torch
 
 from .config import VCastConfig
-from .pipeline import check_methods
+from .pipeline import ModelError, check_methods
 from .video import VideoClip, VideoError, read_video
 
 NOT_REGULAR = "The file you sent names a folder on the server, not an uploaded video; upload the video file itself."
+NOT_A_FILE = ("Send the video as a file: upload it (with gradio_client, pass handle_file('clip.mp4')); a path or URL "
+              "given as text is not read.")  # fmt: skip
+OUT_OF_MEMORY = "The GPU ran out of memory on this video: sample fewer frames, or pick a smaller model."
+
+
+class FileMeta(TypedDict):
+    _type: Literal["gradio.FileData"]
+
+
+class VideoFile(TypedDict):
+    """An uploaded file, as gradio_client's handle_file('clip.mp4') sends it (so MCP clients pass a URL)."""
+
+    path: str
+    meta: FileMeta
 
 
 @dataclass(frozen=True)
@@ -101,3 +123,75 @@ def read_request_video(path: str, num_frames: int, limits: Limits = Limits()) ->
     if clip.total_frames < 2:  # its "motion" would be one frame repeated: nothing to allocate over
         raise VideoError("This video holds a single frame (a still picture); upload a clip with at least 2 frames.")
     return clip
+
+
+def is_upload(value: Any) -> bool:
+    """Whether `value` is a file payload as Gradio sends one: {"path": str, "meta": {"_type": "gradio.FileData"}}."""
+    if not isinstance(value, dict) or not isinstance(meta := value.get("meta"), dict):
+        return False
+    return isinstance(value.get("path"), str) and meta.get("_type") == "gradio.FileData"
+
+
+def upload_path(video: Any) -> str | None:
+    """The path of an uploaded `video` (None for none); ValueError for anything else (a path or URL as text, a
+    number): only what Gradio received and checked is read."""
+    if video is not None and not is_upload(video):
+        raise ValueError(NOT_A_FILE)
+    return video and video["path"]
+
+
+def names_a_folder(body: bytes | str) -> bool:
+    """Whether a JSON request body holds a file payload naming anything on the server but a regular file (an
+    upload folder); False for a body that is not JSON."""
+    try:
+        return _names_a_folder(json.loads(body))
+    except ValueError:  # not JSON (or not UTF-8): no file payload in it
+        return False
+
+
+def _names_a_folder(data: Any) -> bool:
+    if is_upload(data):
+        return os.path.exists(data["path"]) and not os.path.isfile(data["path"])
+    items = data.values() if isinstance(data, dict) else data if isinstance(data, list) else ()
+    return any(map(_names_a_folder, items))
+
+
+def is_refusal(err: BaseException) -> bool:
+    """Whether `err` refuses what the user asked (an unusable input or model), rather than a fault of the server."""
+    return isinstance(err, VideoError | ModelError | ValueError)
+
+
+def user_message(err: BaseException) -> str:
+    """The sentence a user is shown for `err`, saying what to do: a refusal's own message; advice where the GPU ran
+    out of memory (outside the model's own handling, e.g. loading another model); else what failed."""
+    if is_refusal(err):
+        return str(err)
+    if isinstance(err, torch.OutOfMemoryError):
+        return OUT_OF_MEMORY
+    return f"The model failed on this video ({type(err).__name__}: {err}). Try again, or another clip."
+
+
+class StopRequests:
+    """The Stop buttons of a server's pages: one event per page (`session`) while its run lasts, set by `stop`; the
+    run checks it between tokens."""
+
+    def __init__(self) -> None:
+        self._events: dict[str | None, threading.Event] = {}
+
+    def __contains__(self, session: str | None) -> bool:
+        return session in self._events
+
+    @contextlib.contextmanager
+    def watching(self, session: str | None) -> Iterator[threading.Event]:
+        """The event `stop(session)` sets while this block (the run of page `session`) lasts."""
+        event = self._events[session] = threading.Event()
+        try:
+            yield event
+        finally:
+            if self._events.get(session) is event:  # a newer run of the same page keeps its own
+                del self._events[session]
+
+    def stop(self, session: str | None) -> None:
+        """Ask the run of page `session`, if one is running, to stop."""
+        if (event := self._events.get(session)) is not None:
+            event.set()
