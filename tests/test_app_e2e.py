@@ -140,6 +140,9 @@ def test_python_app_py_starts_offline_on_the_tiny_model_says_so_and_serves_mcp(t
         assert "cannot be reached" in texts and "random model" in texts
         dropdown = next(c for c in config["components"] if c["props"].get("label") == "Model")
         assert dropdown["props"]["value"] == "tiny"
+        # Gradio prints the MCP address after it starts serving: give the line its moment
+        while "/gradio_api/mcp/" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert "tiny random model" in log_path.read_text() and "/gradio_api/mcp/" in log_path.read_text()
     finally:
         server.terminate()
