@@ -56,7 +56,7 @@ def test_compiling_is_asked_for_only_where_there_is_a_cuda_gpu(loaded, monkeypat
     load("m", compile_model=True)
     assert [options for _, options in calls] == [
         {"max_generation_s": 7.0},
-        {"max_generation_s": 7.0, "compile_vision": True, "compile_decode": True},
+        {"max_generation_s": 7.0, "compile_vision": True},
     ]
 
 

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-vision", action="store_true",
                         help="GPU only: torch.compile the vision tower (the first video pays a compilation)")
     parser.add_argument("--compile-decode", action="store_true",
-                        help="GPU only: decode from static KV caches compiled into CUDA graphs (faster tokens/s)")
+                        help="GPU only: torch.compile the decode step instead of recording it (compiles per length)")
     return parser.parse_args(argv)
 
 

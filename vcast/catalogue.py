@@ -121,13 +121,14 @@ class ModelSlot:
 def load(model_id: str, *, max_generation_s: float, compile_model: bool = False, zero_gpu: bool = False,
          warm_up_video: str | None = None) -> VideoQA:  # fmt: skip
     """`model_id` as a server serves it: each answer cut at `max_generation_s`; with `compile_model`, on a CUDA GPU,
-    the vision tower and the decode step compiled; warmed up on `warm_up_video` (a tiny model is not). zero_gpu:
+    the vision tower compiled (decoding is graph-recorded there anyway: compiling it too would turn that off and
+    compile every new length); warmed up on `warm_up_video` (a tiny model is not). zero_gpu:
     the weights go straight to "cuda", and there is no GPU outside a call to compile or warm up with."""
     # ZeroGPU: decoding stays eager (graph recording is untested on a GPU lent per call, in another process)
     zero = {"device_map": "cuda", "graph_decode": False} if zero_gpu else {}
     options = {"max_generation_s": max_generation_s, **zero}
     if compile_model and not zero_gpu and torch.cuda.is_available():
-        options.update(compile_vision=True, compile_decode=True)
+        options.update(compile_vision=True)
     qa = VideoQA.from_pretrained(model_id, **options)
     if warm_up_video is not None and not (zero_gpu or qa.is_tiny):
         logger.info("warmed %s up in %.1f s", model_id, qa.warm_up(warm_up_video))
