@@ -288,7 +288,9 @@ class GraphDecoder:
                     step()
                 finally:
                     graph.capture_end()
-        except Exception as err:  # any failure to record: decode eagerly from now on, say why once
+        except torch.OutOfMemoryError:
+            raise  # not a limit of recording: VideoQA frees what the request held and says what to try
+        except Exception as err:  # any other failure to record: decode eagerly from now on, say why once
             self.failure = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             logger.warning("CUDA-graph decoding is off for this model (%s); decoding eagerly", self.failure)
             torch.cuda.synchronize()
