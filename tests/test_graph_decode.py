@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from benchmarks.bench import synthetic_clip
+from vcast.models import decode_kernels
 from vcast.models.configs import TINY_FAMILIES
+from vcast.models.decode_kernels import FastDecodeStep, FilledSlots, decode_attention
 from vcast.models.graph_decode import GraphDecoder, Sampling, sampling_for
 from vcast.pipeline import VideoQA
 
@@ -45,6 +47,58 @@ def test_every_family_answers_token_for_token_as_generate_does(family, clip):
         assert expected.passes[name].metrics.decoding == "generate"
         assert got.passes[name].metrics.decoding == "eager_loop"  # on a CPU: the step unrecorded
     assert got.full.token_ids == expected.full.token_ids and len(got.full.token_ids) == 12
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_the_fused_step_gives_generates_tokens_for_every_family(family, clip):
+    """On a CPU the fused step has fused RMSNorms and attention bounded by the device counter (SDPA with a
+    mask made from it; flash attention on a GPU): the same tokens as generate, pruned and unpruned."""
+    plain, graphed = _pair(family)
+    graphed.graph_decoder = GraphDecoder(graphed.model, fast_kernels=True)
+    assert graphed.graph_decoder.fast.norms == 2 * len(graphed.model.get_decoder().layers) + 1 + (
+        0 if family.startswith("llava") or family == "qwen2_5_vl" else 2 * _attention_layers(graphed.model))
+    expected = plain.answer(clip, QUESTION, max_new_tokens=12, min_new_tokens=12)
+    got = graphed.answer(clip, QUESTION, max_new_tokens=12, min_new_tokens=12)
+    assert got.passes["vcast"].token_ids == expected.passes["vcast"].token_ids
+    assert got.full.token_ids == expected.full.token_ids
+    config = graphed.model.config.get_text_config(decoder=True)
+    assert config._attn_implementation == "sdpa"  # switched for the steps only
+
+
+def _attention_layers(model) -> int:
+    return sum(1 for m in model.get_decoder().modules() if hasattr(m, "q_proj") and hasattr(m, "o_proj"))
+
+
+def test_fused_rms_norm_computes_what_transformers_computes():
+    for family in ("qwen3_vl", "qwen2_5_vl", "qwen3_5", "llava_onevision"):
+        model = VideoQA.tiny(family=family).model
+        FastDecodeStep(model)
+        norms = [m for m in model.get_decoder().modules() if "_fused_norm" in str(vars(m).get("forward"))]
+        assert norms, family
+        torch.manual_seed(0)
+        for norm in norms[:3]:
+            with torch.no_grad():
+                norm.weight.normal_()
+            x = torch.randn(2, 5, norm.weight.shape[0]) * 3
+            for dtype in (torch.float32, torch.bfloat16):
+                reference = type(norm).forward(norm.to(dtype), x.to(dtype))
+                with decode_kernels._step_for_tests():
+                    fused = norm(x.to(dtype))
+                assert fused.dtype == reference.dtype
+                torch.testing.assert_close(fused, reference, rtol=0, atol=1e-6 if dtype == torch.float32 else 0.02)
+            assert torch.equal(norm(x.to(norm.weight.dtype)), reference)  # outside a step: transformers' own
+
+
+def test_decode_attention_serves_the_decode_step_only():
+    query, cache = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 16, 8)
+    with pytest.raises(RuntimeError, match="serves the graph decoder's one-token step"):
+        decode_attention(None, query, cache, cache)
+    slots = FilledSlots(5, 16, torch.device("cpu"))
+    with decode_kernels._step_for_tests(slots):
+        out, _ = decode_attention(None, query, cache, cache, scaling=0.5)
+    k, v = cache[:, :, :5].repeat_interleave(2, 1), cache[:, :, :5].repeat_interleave(2, 1)
+    expected = torch.softmax(query @ k.transpose(-1, -2) * 0.5, -1) @ v  # the 5 filled slots only
+    torch.testing.assert_close(out, expected.transpose(1, 2))
 
 
 def _stop_at_a_later_token(qa: VideoQA, clip) -> tuple[int, int]:
@@ -158,6 +212,21 @@ def test_recorded_steps_give_generates_tokens_on_a_gpu(family, clip):
             assert "Cannot copy between CPU and CUDA tensors" in graphed.graph_decoder.failure
         else:
             assert got.full.metrics.decoding == "cuda_graphs", graphed.graph_decoder.failure
+
+
+@CUDA
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if not f.endswith("_moe")])
+def test_flash_attention_over_filled_slots_in_bfloat16_gives_generates_tokens(family, clip):
+    plain = VideoQA.tiny(family=family, graph_decode=False)
+    plain.model.to("cuda", torch.bfloat16)
+    graphed = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True)
+    assert decode_kernels.flash_decode_unavailable(torch.ones(1, dtype=torch.bfloat16, device="cuda")) is None
+    for _ in range(2):
+        expected = plain.answer(clip, QUESTION, max_new_tokens=16, min_new_tokens=16)
+        got = graphed.answer(clip, QUESTION, max_new_tokens=16, min_new_tokens=16)
+        assert got.passes["vcast"].token_ids == expected.passes["vcast"].token_ids
+        assert got.full.token_ids == expected.full.token_ids
+        assert got.full.metrics.decoding == "cuda_graphs", graphed.graph_decoder.failure
 
 
 @CUDA

@@ -21,6 +21,8 @@ Anything else (beams, repetition penalties, other logits processors) goes to `ge
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -30,6 +32,7 @@ import torch
 
 from .base import PassInputs, cache_argument
 from .decode import DecodeCaches
+from .decode_kernels import FastDecodeStep, FilledSlots
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +144,19 @@ class GraphDecoder:
     `graphs=False` runs the very same step eagerly (on the CPU always): what the tests compare with
     `generate`, and the fallback where recording fails. After a recording failure the decoder stays
     eager for the rest of its life and says why in `failure`.
+    `fast_kernels` (default: on where the model sits on a GPU) gives the step flash attention over the
+    cache's filled slots and fused RMSNorms (`vcast.models.decode_kernels`); the prefill is unchanged.
     """
 
-    def __init__(self, model, *, graphs: bool = True, caches: DecodeCaches | None = None):
+    def __init__(self, model, *, graphs: bool = True, caches: DecodeCaches | None = None,
+                 fast_kernels: bool | None = None):  # fmt: skip
         self.model = model
         self.caches = caches or DecodeCaches(model)
         self.device = _single_device(model)
         self.graphs = graphs and self.device is not None and self.device.type == "cuda"
+        if fast_kernels is None:
+            fast_kernels = self.device is not None and self.device.type == "cuda"
+        self.fast = FastDecodeStep(model) if fast_kernels and self.device is not None else None
         self.failure: str | None = None
         self._cache_keyword = cache_argument(model)
         parameters = inspect.signature(model.forward).parameters
@@ -213,9 +222,16 @@ class GraphDecoder:
         if self._takes_cache_position:
             step_inputs["cache_position"] = torch.tensor([length], device=ids.device)
             counters.append(step_inputs["cache_position"])
+        kernels = contextlib.nullcontext
+        if self.fast is not None:
+            filled = FilledSlots(length + 1, slots, ids.device)  # the prompt and the step's own token
+            kernels = functools.partial(self.fast.active, filled)
+            counters.append(filled.used)
 
         def step() -> None:
-            ids.copy_(pick(self.model(**step_inputs).logits[:, -1, :]).view(1, 1))
+            with kernels():
+                logits = self.model(**step_inputs).logits
+            ids.copy_(pick(logits[:, -1, :]).view(1, 1))
             for counter in counters:
                 counter.add_(1)
 
