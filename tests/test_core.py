@@ -338,6 +338,22 @@ def test_fused_triton_kernels_match_the_torch_formulas():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; CPU path is covered above")
+def test_one_compiled_kernel_serves_every_video_size():
+    """A new video size must not pay a Triton compilation (it cost 1-3 s per size on an H200): sizes are
+    not specialised on, so videos of any group count and up to 1024 tokens per group share one kernel."""
+    from vcast import _kernels
+
+    kernels = (_kernels._token_stats_kernel, _kernels._finish_scores_kernel, _kernels._curvature_kernel,
+               _kernels._keep_kernel)  # fmt: skip
+    for groups, tokens in ((16, 196), (8, 200), (1, 16), (33, 1000), (64, 120), (5, 1024)):
+        select_tokens(_features(groups, tokens, 512, dtype=torch.bfloat16).cuda(), retain_ratio=0.3)
+    device = torch.cuda.current_device()
+    for kernel in kernels:
+        compiled = kernel.device_caches[device][0]  # Triton's per-device cache of compiled specialisations
+        assert len(compiled) == 1, (kernel.fn.__name__, list(compiled))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; CPU path is covered above")
 def test_cuda_selection_matches_cpu():
     x = _features(32, 196, 256, dtype=torch.bfloat16)
     cpu, gpu = select_tokens(x), select_tokens(x.cuda())

@@ -4,9 +4,18 @@ torch would need three passes over the (T, N, D) features for the score (norms, 
 copy or a matmul); these kernels read them once after the mean. They run where Triton runs (CUDA,
 or Triton's CPU interpreter with TRITON_INTERPRET=1, which the tests use); `vcast.core` falls back
 to plain torch elsewhere.
+
+Triton compiles a kernel anew for every new value of a `tl.constexpr` and, unless told otherwise, for
+every integer argument that becomes 1 or a multiple of 16: with sizes per video (tokens per group,
+groups) that was a compilation of one to three seconds at the first request of each new video size
+(measured on an H200, docs/BENCHMARKS.md section 11). Sizes are therefore not specialised on, and the
+per-group block is at least `_MIN_BLOCK` tokens: one compiled kernel serves every video whose groups
+hold up to 1024 tokens, compiled by the app's warm-up.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -14,9 +23,19 @@ import triton.language as tl
 
 _BLOCK_N = 16  # tokens per program: T * N / 16 programs keep every SM busy even at T = 16
 _BLOCK_D = 256  # feature columns per step: 16 x 256 half-precision values = 8 KB in flight
+_MIN_BLOCK = 1024  # tokens per group the one-program-per-group kernels hold at least (one compilation)
 
 
-@triton.jit
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter compiles nothing
+
+
+def _group_block(n: int) -> int:
+    """The block of a one-program-per-group kernel for groups of n tokens: a power of two, at least _MIN_BLOCK
+    (in the interpreter, where nothing is compiled, just enough: it sorts a 1024 block a hundred times slower)."""
+    return triton.next_power_of_2(n) if _INTERPRETED else max(_MIN_BLOCK, triton.next_power_of_2(n))
+
+
+@triton.jit(do_not_specialize=["N", "D", "stride_t", "stride_n"])
 def _token_stats_kernel(
     x_ptr, m_ptr, sq_ptr, dot_ptr, N, D, stride_t, stride_n, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
 ):
@@ -41,7 +60,7 @@ def _token_stats_kernel(
     tl.store(dot_ptr + t * N + rows, dot / m_norm, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _finish_scores_kernel(sq_ptr, dot_ptr, out_ptr, N, eps, BLOCK: tl.constexpr):
     """Per group: score = (1 - cos(x, m)) + minmax(||x||), m already unit length."""
     t = tl.program_id(0)
@@ -69,11 +88,11 @@ def token_scores_triton(features: torch.Tensor, means: torch.Tensor, eps: float)
         features, means, sq, dot, N, D, features.stride(0), features.stride(1), eps, BLOCK_N=_BLOCK_N, BLOCK_D=_BLOCK_D
     )
     scores = torch.empty_like(sq)
-    _finish_scores_kernel[(T,)](sq, dot, scores, N, eps, BLOCK=triton.next_power_of_2(N))
+    _finish_scores_kernel[(T,)](sq, dot, scores, N, eps, BLOCK=_group_block(N))
     return scores
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "D"])
 def _curvature_kernel(m_ptr, out_ptr, T, D, eps, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """c_t = 1 - cos(u_t - u_{t-1}, u_{t+1} - u_t), u = m / |m|, for interior t; 1 at the ends."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -122,7 +141,7 @@ def curvature_triton(means: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _keep_kernel(scores_ptr, budgets_ptr, offsets_ptr, mask_ptr, keep_ptr, N, BLOCK: tl.constexpr):
     """Per group: mark its top budgets[t] tokens by score (ties to the lower index), and write
     their flat indices, ascending, to keep[offsets[t] : offsets[t] + budgets[t]]."""
@@ -151,5 +170,5 @@ def keep_triton(
     T, N = scores.shape
     mask = torch.empty(T, N, dtype=torch.uint8, device=scores.device)
     keep = torch.empty(total, dtype=torch.int64, device=scores.device)
-    _keep_kernel[(T,)](scores.contiguous(), budgets, offsets, mask, keep, N, BLOCK=triton.next_power_of_2(N))
+    _keep_kernel[(T,)](scores.contiguous(), budgets, offsets, mask, keep, N, BLOCK=_group_block(N))
     return mask.view(torch.bool), keep

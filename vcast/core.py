@@ -255,11 +255,15 @@ def _keep(scores: torch.Tensor, budgets_host: torch.Tensor, total: int) -> tuple
     if _use_triton(scores) and scores.shape[1] <= _MAX_KERNEL_TOKENS:
         from ._kernels import keep_triton
 
-        # Budgets and each group's first slot in `keep` travel to the device in one copy.
-        offsets = torch.cumsum(budgets_host, 0) - budgets_host
-        packed = torch.stack([budgets_host, offsets]).to(device, non_blocking=True)  # (2, T)
-        keep_mask, keep = keep_triton(scores, packed[0], packed[1], total)
-        return packed[0], keep_mask, keep
+        # Budgets and each group's first slot in `keep` travel to the device in one copy. Rows of an even
+        # length keep the second row 16-byte aligned: Triton compiles a kernel anew for a misaligned pointer.
+        groups = budgets_host.shape[0]
+        packed = torch.zeros(2, groups + groups % 2, dtype=budgets_host.dtype)
+        packed[0, :groups] = budgets_host
+        packed[1, :groups] = torch.cumsum(budgets_host, 0) - budgets_host
+        packed = packed.to(device, non_blocking=True)
+        keep_mask, keep = keep_triton(scores, packed[0, :groups], packed[1, :groups], total)
+        return packed[0, :groups], keep_mask, keep
     budgets = budgets_host.to(device, non_blocking=True)
     keep_mask = top_budget_mask(scores, budgets)  # (T, N)
     # The count is known on the host, so nonzero needs no sync.
