@@ -330,7 +330,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--max-queue", type=int, help=f"requests that may wait (VCAST_MAX_QUEUE, {MAX_QUEUE_SIZE})")
     parser.add_argument("--compile", action="store_true", default=os.environ.get("VCAST_COMPILE") in ("1", "true"),
-                        help="GPU: compile the vision tower (about a minute at start-up; new shapes may compile again)")
+                        help="GPU: compile the vision tower at start-up (about a minute, warmed up on 32 frames)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ["VCAST_MAX_QUEUE"] = str(args.max_queue or os.environ.get("VCAST_MAX_QUEUE") or MAX_QUEUE_SIZE)

@@ -29,7 +29,11 @@ def loaded(monkeypatch):
 
     def from_pretrained(model_id, **options):
         calls.append((model_id, options))
-        return types.SimpleNamespace(model_id=model_id, is_tiny=False, warm_up=lambda clip: warmed.append(clip) or 1.0)
+        def warm_up(clip, num_frames=4):
+            warmed.append((clip, num_frames))
+            return 1.0
+
+        return types.SimpleNamespace(model_id=model_id, is_tiny=False, warm_up=warm_up)
 
     monkeypatch.setattr(VideoQA, "from_pretrained", from_pretrained)
     return calls, warmed
@@ -38,7 +42,7 @@ def loaded(monkeypatch):
 def test_load_gives_the_time_limit_and_warms_a_real_model_up_on_the_video(loaded):
     calls, warmed = loaded
     load("Qwen/Qwen3-VL-2B-Instruct")
-    assert calls == [("Qwen/Qwen3-VL-2B-Instruct", {"max_generation_s": 7.0})] and warmed == [CLIP]
+    assert calls == [("Qwen/Qwen3-VL-2B-Instruct", {"max_generation_s": 7.0})] and warmed == [(CLIP, 4)]
 
 
 def test_on_zero_gpu_the_weights_go_to_cuda_with_no_warm_up_no_compiling_and_eager_decoding(loaded):
@@ -49,7 +53,7 @@ def test_on_zero_gpu_the_weights_go_to_cuda_with_no_warm_up_no_compiling_and_eag
 
 
 def test_compiling_is_asked_for_only_where_there_is_a_cuda_gpu(loaded, monkeypatch):
-    calls, _ = loaded
+    calls, warmed = loaded
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     load("m", compile_model=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -58,6 +62,8 @@ def test_compiling_is_asked_for_only_where_there_is_a_cuda_gpu(loaded, monkeypat
         {"max_generation_s": 7.0},
         {"max_generation_s": 7.0, "compile_vision": True},
     ]
+    # the compiled vision tower warms up on a clip of ordinary length, so that longer videos compile nothing more
+    assert warmed == [(CLIP, 4), (CLIP, catalogue.COMPILED_WARM_UP_FRAMES)] and catalogue.COMPILED_WARM_UP_FRAMES >= 32
 
 
 def test_the_tiny_model_loads_with_the_time_limit_and_is_not_warmed_up(monkeypatch):

@@ -49,6 +49,7 @@ CHECKPOINTS = (
 )
 LARGE_DEFAULT, SMALL_DEFAULT = "Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-2B-Instruct"
 _NEEDS = {c.model_id: c.gpu_gib for c in CHECKPOINTS}
+COMPILED_WARM_UP_FRAMES = 32  # frames of the warm-up answer when the vision tower is compiled (4 otherwise)
 ZERO_GPU_GIB, ZERO_GPU_MAX_S = 70.0, 120  # a ZeroGPU slice of an H200, and its longest reservation
 
 
@@ -131,7 +132,10 @@ def load(model_id: str, *, max_generation_s: float, compile_model: bool = False,
         options.update(compile_vision=True)
     qa = VideoQA.from_pretrained(model_id, **options)
     if warm_up_video is not None and not (zero_gpu or qa.is_tiny):
-        logger.info("warmed %s up in %.1f s", model_id, qa.warm_up(warm_up_video))
+        # A compiled vision tower warmed up on a 4-frame clip compiled again (47 s on an H200) for the first longer
+        # video; warmed up on 32 frames, new sizes compiled nothing (docs/BENCHMARKS.md section 11).
+        frames = COMPILED_WARM_UP_FRAMES if options.get("compile_vision") else 4
+        logger.info("warmed %s up in %.1f s", model_id, qa.warm_up(warm_up_video, num_frames=frames))
     return qa
 
 
