@@ -205,3 +205,18 @@ def test_bench_refuses_a_cache_bucket_below_one(tmp_path):
 def test_bench_keep_decode_caches_needs_compile_decode(tmp_path):
     with pytest.raises(SystemExit, match="--keep-decode-caches goes with --compile-decode"):
         bench.main(["--sizes", "tiny", "--keep-decode-caches", "--out", str(tmp_path / "b.json")])
+
+
+def test_the_prefill_profile_finds_where_the_host_waits_for_the_device(tmp_path):
+    """benchmarks/profile_prefill.py on the tiny model: both passes, their times, and the host waits of
+    transformers' Qwen3-VL forward (the mask checks and the deepstack layers' boolean indexing)."""
+    from benchmarks import profile_prefill
+
+    out = tmp_path / "prefill.json"
+    profile_prefill.main(["--model", "tiny", "--videos", "8x64x64", "--runs", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["vcast", "unpruned"]
+    assert rows[0]["prompt_tokens"] < rows[1]["prompt_tokens"]
+    for row in rows:
+        assert row["host_waits"] == sum(row["host_waits_where"].values()) > 0
+        assert any("_deepstack_process" in place for place in row["host_waits_where"])

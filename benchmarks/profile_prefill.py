@@ -1,0 +1,122 @@
+"""Is an LLM prefill bound by the GPU or by the host? Host time, GPU time and host waits of each pass's prefill.
+
+    python benchmarks/profile_prefill.py [--model 8B] [--videos 32x448x448,128x352x640] [--runs 5] [--out FILE]
+
+For each video (the app's pixel budget) and each pass (V-CAST R = 0.25, unpruned), runs the LLM prefill (one forward
+over the prompt into a static cache, as the graph decoder does) `--runs` times and reports, as medians:
+- gpu_ms: CUDA-event time from the first kernel queued to the last one done;
+- host_ms: time until the forward call returns on the host (before any synchronisation);
+- host_waits: operations in the forward that make the host wait for the device (`.item()`, `nonzero`, boolean
+  indexing, `is_nonzero`), counted once with a dispatch-mode trace, with where they are.
+When host_ms is close to gpu_ms the GPU was waiting for the host's launches: the prefill is host-bound, and its time
+moves with the host's pace. `--model tiny` runs the tiny offline model on the CPU (a smoke test of this script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.bench import synthetic_clip
+from vcast.models.base import cache_argument
+from vcast.models.decode import DecodeCaches
+from vcast.pipeline import VideoQA
+
+_WAITS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.item.default", "aten.masked_select.default",
+          "aten.is_nonzero.default", "aten.equal.default"}  # fmt: skip
+
+
+class HostWaits(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device, by the two innermost non-torch frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.where: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        boolean_index = name == "aten.index.Tensor" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))  # fmt: skip
+        if name in _WAITS or boolean_index:
+            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+            place = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-2:])
+            self.where[f"{name} at {place}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def prefill_inputs(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> dict:
+    cache = caches.get(int(pass_inputs.input_ids.shape[1]) + 64)
+    return dict(pass_inputs.generate_kwargs(), **{cache_argument(qa.model): cache, "use_cache": True,
+                                                   "logits_to_keep": 1})  # fmt: skip
+
+
+def timed_prefill(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float, float]:
+    """(host ms, GPU ms) of one prefill; on the CPU both are the wall time."""
+    inputs = prefill_inputs(qa, pass_inputs, caches)
+    cuda = qa.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    began = time.perf_counter()
+    with torch.inference_mode():
+        qa.model(**inputs)
+    host_ms = (time.perf_counter() - began) * 1000
+    if not cuda:
+        return host_ms, host_ms
+    end.record()
+    end.synchronize()
+    return host_ms, start.elapsed_time(end)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--model", default="8B")
+    parser.add_argument("--videos", default="32x448x448,128x352x640")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    qa = VideoQA.tiny() if args.model == "tiny" else VideoQA.random_weights(args.model)
+    caches = DecodeCaches(qa.model)
+    rows = []
+    for spec in args.videos.split(","):
+        frames, height, width = (int(v) for v in spec.split("x"))
+        prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
+        passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
+        waits = {}
+        for method, pass_inputs in passes.items():
+            spy = HostWaits()
+            with spy, torch.inference_mode():
+                qa.model(**prefill_inputs(qa, pass_inputs, caches))
+            waits[method] = dict(spy.where)
+        times: dict[str, list[tuple[float, float]]] = {m: [] for m in passes}
+        for _ in range(args.runs):  # interleaved, after the traced (warm-up) forward of each pass
+            for method, pass_inputs in passes.items():
+                times[method].append(timed_prefill(qa, pass_inputs, caches))
+        for method, pass_inputs in passes.items():
+            row = {"video": spec, "method": method, "prompt_tokens": int(pass_inputs.input_ids.shape[1]),
+                   "host_ms": statistics.median(t[0] for t in times[method]),
+                   "gpu_ms": statistics.median(t[1] for t in times[method]),
+                   "gpu_ms_runs": [round(t[1], 1) for t in times[method]],
+                   "host_waits": sum(waits[method].values()), "host_waits_where": waits[method]}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        meta = {"torch": torch.__version__, "model": qa.model_id, "command": " ".join(sys.argv)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
