@@ -56,9 +56,6 @@ class FilledSlots:
         self.query_bounds = torch.tensor([0, 1], dtype=torch.int32, device=device)
         self.key_bounds = torch.tensor([0, slots], dtype=torch.int32, device=device)
 
-    def advance(self) -> None:
-        self.used.add_(1)
-
 
 _STEP: contextvars.ContextVar[FilledSlots | None] = contextvars.ContextVar("vcast_decode_step", default=None)
 
@@ -164,26 +161,19 @@ def _step_for_tests(slots: FilledSlots | None = None) -> Iterator[None]:
 class FastDecodeStep:
     """The fused kernels for one model's decode step, switched on by `active(slots)` around each step.
 
-    attention: route the language model's SDPA attention through `decode_attention`; norms: fuse its
-    RMSNorms. Leaves modules and configs of other implementations (eager, flash_attention_2) alone.
+    The language model's SDPA attention goes through `decode_attention`, and its RMSNorms are fused. Leaves
+    modules and configs of other implementations (eager, flash_attention_2) alone.
     """
 
-    def __init__(self, model, *, attention: bool = True, norms: bool = True):
+    def __init__(self, model):
         decoder = model.get_decoder()
-        self.configs = []
-        if attention:
-            found = {id(m.config): m.config for m in decoder.modules() if hasattr(m, "q_proj") and hasattr(m, "o_proj")}
-            self.configs = [c for c in found.values() if c._attn_implementation == "sdpa"]
+        found = {id(m.config): m.config for m in decoder.modules() if hasattr(m, "q_proj") and hasattr(m, "o_proj")}
+        self.configs = [c for c in found.values() if c._attn_implementation == "sdpa"]
         self.norms = 0
-        if norms:
-            for module in decoder.modules():
-                if type(module).__name__ in _WEIGHT_AFTER_CAST | _ONE_PLUS_WEIGHT and "forward" not in vars(module):
-                    module.forward = types.MethodType(_fused_norm, module)  # the class's forward stays the fallback
-                    self.norms += 1
-
-    @property
-    def attention(self) -> bool:
-        return bool(self.configs)
+        for module in decoder.modules():
+            if type(module).__name__ in _WEIGHT_AFTER_CAST | _ONE_PLUS_WEIGHT and "forward" not in vars(module):
+                module.forward = types.MethodType(_fused_norm, module)  # the class's forward stays the fallback
+                self.norms += 1
 
     @contextlib.contextmanager
     def active(self, slots: FilledSlots) -> Iterator[None]:
