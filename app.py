@@ -1,5 +1,5 @@
 """V-CAST app: upload a video, ask a question, see each pruning method's answer beside the unpruned model's.
-    python app.py [--model ID_OR_FOLDER] [--host 0.0.0.0] [--port 7860] [--max-queue 32] [--compile]
+    python app.py [--model ID_OR_FOLDER] [--host 0.0.0.0] [--port 7860] [--max-queue 32] [--[no-]compile]
 `build_demo(qa)` lays the page out around a loaded VideoQA (importing this module loads no model); scripts and MCP
 clients call its `analyze` tool. docs/RELIABILITY.md lists every bad input, fault and limit tried."""
 
@@ -47,6 +47,7 @@ EXAMPLES = [[str(ROOT / "assets" / e["file"]), e["question"]]
 MAX_UPLOAD_MB, MAX_DURATION_S, MAX_FRAMES, MAX_NEW_TOKENS, MAX_QUESTION_CHARS = 200, 300.0, 64, 512, 2000
 MAX_METHODS = 4  # V-CAST and up to 3 more, each a pass of its own
 MAX_GENERATION_S, MAX_DECODE_S = 50.0, 30.0  # per answer; per video, in CPU-core seconds of decoding
+SWITCH = {"1": True, "true": True, "0": False, "false": False}  # an on/off environment variable; else the default
 MAX_QUEUE_SIZE = 32  # requests waiting beyond this are refused at once ("busy, try again")
 OUTPUT_MAX_AGE_S, CACHE_SWEEP_S = 3600, 600  # uploads, outputs and page state older than this go, checked this often
 LIMITS = Limits(max_frames=MAX_FRAMES, max_new_tokens=MAX_NEW_TOKENS, max_question_chars=MAX_QUESTION_CHARS,
@@ -59,7 +60,7 @@ STOPPED = "**Stopped.** The answers end where the generation stopped; press Run 
 TEXTS = json.loads((ROOT / "assets/page_texts.json").read_text(encoding="utf-8"))  # the page's header and headings
 
 
-# load(model_id, *, compile_model=False): a model with the app's time limit per answer, warmed up on an example.
+# load(model_id, *, compile_model=None): a model with the app's time limit per answer, warmed up on an example.
 load = functools.partial(catalogue.load, max_generation_s=MAX_GENERATION_S, zero_gpu=ON_ZERO_GPU,
                          warm_up_video=EXAMPLES[0][0])  # fmt: skip
 load_startup_model = functools.partial(catalogue.load_startup_model, load=load)  # (qa, banner or None)
@@ -329,8 +330,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--host", help="address to bind (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--max-queue", type=int, help=f"requests that may wait (VCAST_MAX_QUEUE, {MAX_QUEUE_SIZE})")
-    parser.add_argument("--compile", action="store_true", default=os.environ.get("VCAST_COMPILE") in ("1", "true"),
-                        help="GPU: compile the vision tower at start-up (about a minute, warmed up on 32 frames)")
+    compiles = SWITCH.get(os.environ.get("VCAST_COMPILE", "").lower())
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compiles,
+                        help="compile the vision tower at start-up (about a minute more, warmed up on 32 frames); "
+                        "default: VCAST_COMPILE, else Qwen3-VL on a dedicated CUDA GPU")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ["VCAST_MAX_QUEUE"] = str(args.max_queue or os.environ.get("VCAST_MAX_QUEUE") or MAX_QUEUE_SIZE)

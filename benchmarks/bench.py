@@ -17,6 +17,9 @@ measured after the first token. "peak above weights" is torch.cuda.max_memory_al
 whole pass (vision to the last token) minus the memory held before it (weights); the JSON also
 splits it by phase (vision and selection, the timed prefill, generate). Each pass holds only what
 it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
+The model runs in the settings `python app.py` serves it with on this machine: decoding graph-recorded on a GPU and,
+for Qwen3-VL on a CUDA GPU, the vision tower compiled, warmed up on 32 frames and frozen (no compilation after that);
+`--eager-vision` measures VideoQA's eager default instead.
 `--sizes tiny` runs the tiny offline model on the CPU: a smoke test of this script (CI runs it).
 """
 
@@ -37,9 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vcast import catalogue
 from vcast.config import VCastConfig
 from vcast.methods import METHODS
 from vcast.models.base import cache_argument, generation_attention
+from vcast.models.configs import REAL_SIZES
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from vcast.models.mrope import DEFAULT_VISION_CHUNK_PATCHES
 from vcast.pipeline import DEFAULT_MAX_PIXELS_PER_VIDEO, Prompt, VideoQA, check_methods, tiny_family
@@ -418,8 +423,34 @@ def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
     return "\n".join(lines)
 
 
+VISION_SETTINGS = ("app", "eager", "compiled")
+
+
+def served_model(name: str, *, vision: str = "app", **options) -> VideoQA:
+    """`VideoQA.random_weights(name, **options)` with its vision tower as `vision` says: "app", as `python app.py`
+    serves that model on this machine (for Qwen3-VL on a CUDA GPU compiled, warmed up on 32 frames and frozen by
+    `catalogue.warm_up_for_serving`; eager otherwise); "eager"; "compiled" (compiled for any family, no warm-up, not
+    frozen). Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
+    if vision not in VISION_SETTINGS:
+        raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
+    compiled = vision == "compiled" or (vision == "app" and catalogue.compiles_by_default(random_weights_id(name)))
+    options.setdefault("compile_vision", compiled)
+    qa = VideoQA.random_weights(name, **options)
+    if vision == "app":
+        clip = synthetic_clip(catalogue.COMPILED_WARM_UP_FRAMES, 360, 640)  # the app's example clips are 640 x 360
+        seconds = catalogue.warm_up_for_serving(qa, clip)
+        print(json.dumps({"warm_up_for_serving_s": round(seconds, 1), "vision_compiled": qa.vision_compiled}),
+              flush=True)  # fmt: skip
+    return qa
+
+
+def random_weights_id(name: str) -> str:
+    """The model id `VideoQA.random_weights(name)` gives."""
+    return f"random-weights:{f'Qwen3-VL-{name}' if name in REAL_SIZES else name}"
+
+
 def _model(size: str, args) -> VideoQA:
-    """A random-weight model of the real shapes of `size` on the GPU, or the tiny model on the CPU."""
+    """A random-weight model of the real shapes of `size` on the GPU (`served_model`), or the tiny model on the CPU."""
     compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
     family = tiny_family(size)
     if family is not None:  # a smoke test of this script (CI runs it), not a benchmark
@@ -427,10 +458,21 @@ def _model(size: str, args) -> VideoQA:
                             compile_decode=args.compile_decode,
                             vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
     budget = {"app": DEFAULT_MAX_PIXELS_PER_VIDEO, "none": None}[args.pixel_budget]
-    return VideoQA.random_weights(size, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
-                                  max_pixels_per_video=budget, compile_vision=compile_vision,
-                                  compile_decode=args.compile_decode,
-                                  vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
+    vision = "eager" if args.eager_vision else "app" if args.compile_vision is None else "compiled"
+    return served_model(size, vision=vision, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
+                        max_pixels_per_video=budget, compile_decode=args.compile_decode,
+                        vision_chunk_patches=args.vision_chunk_patches,
+                        **({} if args.compile_vision is None else {"compile_vision": compile_vision}))  # fmt: skip
+
+
+def vision_setting(args) -> str:
+    """The meta's words for how the vision tower ran."""
+    if args.eager_vision:
+        return "eager"
+    if args.compile_vision is not None:
+        return f"torch.compile ({args.compile_vision})"
+    return ("as the app serves it: torch.compile for Qwen3-VL on a CUDA GPU, warmed up on 32 frames and frozen "
+            "(catalogue.warm_up_for_serving); eager otherwise")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -460,8 +502,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="?",
         const="default",
         default=None,
-        help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead)",
+        help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead), for every family and "
+        "with no freezing; default: as the app serves it",
     )
+    parser.add_argument("--eager-vision", action="store_true",
+                        help="run the vision tower eagerly (VideoQA's default) instead of as the app serves it "
+                        "(compiled for Qwen3-VL on a GPU)")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
@@ -500,11 +546,11 @@ def main(argv: list[str] | None = None) -> None:
             "command": "python -m vcast.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
     if args.keep_decode_caches and not args.compile_decode:
         raise SystemExit("--keep-decode-caches goes with --compile-decode")
-    meta["decode"] = "dynamic cache, eager"
+    meta["decode"] = "graph-recorded static cache, fused step (VideoQA's default on one GPU)" if not tiny else "eager"
     if args.compile_decode:
         held = "one kept per method across passes" if args.keep_decode_caches else "a new one per pass"
         meta["decode"] = f"static caches ({held}, lengths rounded up to {args.cache_bucket}), compiled by generate"
-    meta["vision"] = f"torch.compile ({args.compile_vision})" if args.compile_vision else "eager"
+    meta["vision"] = vision_setting(args)
     meta["vision_chunk_patches"] = args.vision_chunk_patches
     warmup_s = args.warmup_s if args.warmup_s is not None else (0.0 if tiny else 20.0)
     meta["order"] = (f"warm-up passes of every method for at least {warmup_s:g} s, then rounds running each method "

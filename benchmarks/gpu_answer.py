@@ -7,7 +7,8 @@ For each model (a Qwen3-VL size or a name of `vcast.models.configs.real_model_na
 length, builds `VideoQA.random_weights(model)` on the GPU and a synthetic clip of moving shapes, runs one
 short warm-up answer, then `--runs` answers; reports each pass's median prefill, TTFT, total, decode
 tokens/s and peak memory above the weights. Answers are noise (random weights); costs are those of the
-real architecture, in the library's default settings.
+real architecture, in the settings `python app.py` serves that model with (`--vision app`: for Qwen3-VL on a CUDA GPU
+the vision tower compiled, warmed up on 32 frames and frozen; `--vision eager`: the library's default).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench import synthetic_clip
+from benchmarks.bench import VISION_SETTINGS, served_model, synthetic_clip
 from vcast import VCastConfig
 from vcast.pipeline import FULL, VideoQA, check_methods
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="vcast")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
+                        help="the vision tower as the app serves it (default), eager, or compiled")
     parser.add_argument("--out", default="results/answer.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     rows = []
     for name in args.models.split(","):
-        qa = VideoQA.random_weights(name)
+        qa = served_model(name, vision=args.vision)
         weights_mb = torch.cuda.memory_allocated() / 2**20
         for frames in (int(f) for f in args.frames.split(",")):
             rows.extend(measure(qa, frames, size, methods, args.runs, args.max_new_tokens, weights_mb))
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "date": date.today().isoformat(),
+            "date": date.today().isoformat(), "vision": args.vision,
             "command": "python benchmarks/gpu_answer.py " + " ".join(sys.argv[1:] if argv is None else argv),
             }  # fmt: skip
     print(json.dumps(meta))

@@ -3,9 +3,13 @@
     python benchmarks/profile_prefill.py [--model 8B] [--videos 32x448x448,128x352x640] [--runs 5] [--out FILE]
 
 For each video (the app's pixel budget) and each pass (V-CAST R = 0.25, unpruned), runs the LLM prefill (one forward
-over the prompt into a static cache, as the graph decoder does) `--runs` times and reports, as medians:
+over the prompt into a static cache, as the graph decoder does, with generation's attention backends) `--runs` times
+and reports, as medians:
 - gpu_ms: CUDA-event time from the first kernel queued to the last one done;
 - host_ms: time until the forward call returns on the host (before any synchronisation);
+- kernel_ms: the sum of the CUDA kernels' own durations in one prefill (torch.profiler); gpu_ms - kernel_ms is the
+  time the GPU sat idle inside the prefill;
+- new_segments: memory segments the caching allocator had to request from the driver (cudaMalloc) per prefill;
 - host_waits: operations in the forward that make the host wait for the device (`.item()`, `nonzero`, boolean
   indexing, `is_nonzero`), counted once with a dispatch-mode trace, with where they are.
 When host_ms is close to gpu_ms the GPU was waiting for the host's launches: the prefill is host-bound, and its time
@@ -29,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.bench import synthetic_clip
-from vcast.models.base import cache_argument
+from vcast.models.base import cache_argument, generation_attention
 from vcast.models.decode import DecodeCaches
 from vcast.pipeline import VideoQA
 
@@ -70,7 +74,7 @@ def timed_prefill(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     began = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), generation_attention(qa.device):
         qa.model(**inputs)
     host_ms = (time.perf_counter() - began) * 1000
     if not cuda:
@@ -78,6 +82,27 @@ def timed_prefill(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float
     end.record()
     end.synchronize()
     return host_ms, start.elapsed_time(end)
+
+
+def kernel_ms(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float | None, list]:
+    """The summed duration of the CUDA kernels of one prefill, and the eight longest kernels as (name, ms, calls)
+    (None, [] without CUDA)."""
+    if qa.device.type != "cuda":
+        return None, []
+    from torch.profiler import ProfilerActivity, profile
+
+    inputs = prefill_inputs(qa, pass_inputs, caches)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.inference_mode(), generation_attention(qa.device):
+        qa.model(**inputs)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    top = sorted(events, key=lambda e: -e.device_time_total)[:8]
+    return (sum(e.device_time_total for e in events) / 1000,
+            [(e.key[:70], round(e.device_time_total / 1000, 2), e.count) for e in top])  # fmt: skip
+
+
+def new_segments(qa: VideoQA) -> int:
+    return int(torch.cuda.memory_stats(qa.device).get("segment.all.allocated", 0)) if qa.device.type == "cuda" else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,18 +122,25 @@ def main(argv: list[str] | None = None) -> None:
         waits = {}
         for method, pass_inputs in passes.items():
             spy = HostWaits()
-            with spy, torch.inference_mode():
+            with spy, torch.inference_mode(), generation_attention(qa.device):
                 qa.model(**prefill_inputs(qa, pass_inputs, caches))
             waits[method] = dict(spy.where)
         times: dict[str, list[tuple[float, float]]] = {m: [] for m in passes}
+        segments: dict[str, list[int]] = {m: [] for m in passes}
         for _ in range(args.runs):  # interleaved, after the traced (warm-up) forward of each pass
             for method, pass_inputs in passes.items():
+                before = new_segments(qa)
                 times[method].append(timed_prefill(qa, pass_inputs, caches))
+                segments[method].append(new_segments(qa) - before)
+        kernels = {method: kernel_ms(qa, pass_inputs, caches) for method, pass_inputs in passes.items()}
         for method, pass_inputs in passes.items():
             row = {"video": spec, "method": method, "prompt_tokens": int(pass_inputs.input_ids.shape[1]),
                    "host_ms": statistics.median(t[0] for t in times[method]),
                    "gpu_ms": statistics.median(t[1] for t in times[method]),
                    "gpu_ms_runs": [round(t[1], 1) for t in times[method]],
+                   "host_ms_runs": [round(t[0], 1) for t in times[method]], "kernel_ms": kernels[method][0],
+                   "top_kernels": kernels[method][1],
+                   "new_segments_runs": segments[method],
                    "host_waits": sum(waits[method].values()), "host_waits_where": waits[method]}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -22,48 +22,104 @@ def load(model_id: str, **options) -> VideoQA:
     return catalogue.load(model_id, max_generation_s=7.0, warm_up_video=CLIP, **options)
 
 
+class StandIn:
+    """What catalogue.load needs of a loaded (non-tiny) VideoQA, recording its warm-ups; `fails` warm-ups on a compiled
+    vision tower raise the ModelError a failed compilation gives."""
+
+    def __init__(self, model_id: str, options: dict, fails: int = 0):
+        self.model_id, self.is_tiny, self.fails = model_id, False, fails
+        self.vision_compiled, self.frozen, self.warmed = bool(options.get("compile_vision")), False, []
+
+    def warm_up(self, clip, num_frames=4):
+        self.warmed.append((clip, num_frames, self.vision_compiled))
+        if self.vision_compiled and self.fails:
+            self.fails -= 1
+            raise catalogue.ModelError("Compiling the vision tower failed (BackendCompilerFailed: no C++ compiler)")
+        return 1.0
+
+    def use_eager_vision(self):
+        self.vision_compiled = False
+
+    def freeze_vision_compilation(self):
+        self.frozen = self.vision_compiled
+
+
 @pytest.fixture
 def loaded(monkeypatch):
-    """What catalogue.load asks VideoQA.from_pretrained for, and the clips a (non-tiny) stand-in is warmed up on."""
-    calls, warmed = [], []
+    """What catalogue.load asks VideoQA.from_pretrained for, and the stand-ins it returned."""
+    calls, served = [], []
+    fails = {"count": 0}
 
     def from_pretrained(model_id, **options):
         calls.append((model_id, options))
-        def warm_up(clip, num_frames=4):
-            warmed.append((clip, num_frames))
-            return 1.0
-
-        return types.SimpleNamespace(model_id=model_id, is_tiny=False, warm_up=warm_up)
+        served.append(StandIn(model_id, options, fails["count"]))
+        return served[-1]
 
     monkeypatch.setattr(VideoQA, "from_pretrained", from_pretrained)
-    return calls, warmed
+    return calls, served, fails
 
 
-def test_load_gives_the_time_limit_and_warms_a_real_model_up_on_the_video(loaded):
-    calls, warmed = loaded
+def test_load_gives_the_time_limit_and_warms_a_real_model_up_on_the_video(loaded, monkeypatch):
+    calls, served, _ = loaded
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     load("Qwen/Qwen3-VL-2B-Instruct")
-    assert calls == [("Qwen/Qwen3-VL-2B-Instruct", {"max_generation_s": 7.0})] and warmed == [(CLIP, 4)]
+    assert calls == [("Qwen/Qwen3-VL-2B-Instruct", {"max_generation_s": 7.0})]
+    assert served[0].warmed == [(CLIP, 4, False)] and not served[0].frozen
 
 
-def test_on_zero_gpu_the_weights_go_to_cuda_with_no_warm_up_no_compiling_and_eager_decoding(loaded):
-    calls, warmed = loaded
+def test_on_zero_gpu_the_weights_go_to_cuda_with_no_warm_up_no_compiling_and_eager_decoding(loaded, monkeypatch):
+    calls, served, _ = loaded
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    load("Qwen/Qwen3-VL-2B-Instruct", zero_gpu=True)
     load("Qwen/Qwen3-VL-2B-Instruct", zero_gpu=True, compile_model=True)
     expected = {"max_generation_s": 7.0, "device_map": "cuda", "graph_decode": False}
-    assert calls == [("Qwen/Qwen3-VL-2B-Instruct", expected)] and warmed == []
+    assert calls == [("Qwen/Qwen3-VL-2B-Instruct", expected)] * 2 and [s.warmed for s in served] == [[], []]
+
+
+def test_qwen3_vl_on_a_dedicated_gpu_compiles_its_vision_tower_by_default_and_freezes_it_after_warm_up(loaded,
+                                                                                                         monkeypatch):
+    calls, served, _ = loaded
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for model_id in ("Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-30B-A3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
+                     "/a/local/folder"):  # fmt: skip
+        load(model_id)
+    compiled = [bool(options.get("compile_vision")) for _, options in calls]
+    assert compiled == [True, True, False, False]  # other families' towers were not measured compiled: asked only
+    frames = catalogue.COMPILED_WARM_UP_FRAMES
+    assert served[0].warmed == [(CLIP, frames, True)] and served[0].frozen and frames >= 32
+    assert served[2].warmed == [(CLIP, 4, False)] and not served[2].frozen
+    load("Qwen/Qwen2.5-VL-7B-Instruct", compile_model=True)  # asked for
+    load("Qwen/Qwen3-VL-8B-Instruct", compile_model=False)  # refused
+    assert [bool(options.get("compile_vision")) for _, options in calls[-2:]] == [True, False]
 
 
 def test_compiling_is_asked_for_only_where_there_is_a_cuda_gpu(loaded, monkeypatch):
-    calls, warmed = loaded
+    calls, served, _ = loaded
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    load("Qwen/Qwen3-VL-8B-Instruct")
     load("m", compile_model=True)
+    assert [options for _, options in calls] == [{"max_generation_s": 7.0}] * 2
+    assert [s.warmed for s in served] == [[(CLIP, 4, False)]] * 2
+
+
+def test_a_vision_tower_that_fails_to_compile_is_served_eagerly_and_the_log_says_why(loaded, monkeypatch, caplog):
+    _, served, fails = loaded
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    load("m", compile_model=True)
-    assert [options for _, options in calls] == [
-        {"max_generation_s": 7.0},
-        {"max_generation_s": 7.0, "compile_vision": True},
-    ]
-    # the compiled vision tower warms up on a clip of ordinary length, so that longer videos compile nothing more
-    assert warmed == [(CLIP, 4), (CLIP, catalogue.COMPILED_WARM_UP_FRAMES)] and catalogue.COMPILED_WARM_UP_FRAMES >= 32
+    fails["count"] = 1
+    with caplog.at_level("WARNING", logger="vcast.catalogue"):
+        load("Qwen/Qwen3-VL-8B-Instruct")
+    frames = catalogue.COMPILED_WARM_UP_FRAMES
+    assert served[0].warmed == [(CLIP, frames, True), (CLIP, 4, False)] and not served[0].vision_compiled
+    assert "serving Qwen/Qwen3-VL-8B-Instruct's vision tower eagerly: Compiling the vision tower failed" in caplog.text
+
+
+def test_which_models_compile_by_default(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert catalogue.family_of("random-weights:Qwen3-VL-8B") == "qwen3_vl"
+    assert catalogue.family_of("random-weights:Qwen2.5-VL-7B") == "qwen2_5_vl"
+    assert catalogue.family_of("tiny") is None and not catalogue.compiles_by_default("tiny")
+    assert catalogue.compiles_by_default("Qwen/Qwen3-VL-2B-Instruct")
+    assert not catalogue.compiles_by_default("Qwen/Qwen3-VL-2B-Instruct", zero_gpu=True)
 
 
 def test_the_tiny_model_loads_with_the_time_limit_and_is_not_warmed_up(monkeypatch):

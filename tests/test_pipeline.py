@@ -229,3 +229,42 @@ def test_each_pass_stops_at_its_time_limit(clip_path):
 def test_token_limits_are_enforced_with_a_clear_message(qa, clip_path, tokens):
     with pytest.raises(ValueError, match="max_new_tokens must be"):
         qa.answer(clip_path, "Q?", max_new_tokens=tokens)
+
+
+def _compiled_graphs() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def test_after_freezing_a_new_shape_runs_the_vision_tower_eagerly_with_the_same_answer(clip_path):
+    """A server freezes the compiled vision tower after warm-up: no request may pay a compilation."""
+    eager = VideoQA.tiny(seed=0)
+    qa = VideoQA.tiny(seed=0)
+    # static shapes, so that every new video length needs a graph of its own; dynamo's tracing without Inductor's build
+    qa.adapter.vision_tower.compile(backend="eager", dynamic=False)
+    assert qa.vision_compiled and not eager.vision_compiled
+    torch._dynamo.reset()
+    qa.answer(clip_path, "What happens?", num_frames=8, max_new_tokens=2)
+    warm = _compiled_graphs()
+    qa.answer(clip_path, "What happens?", num_frames=12, max_new_tokens=2)
+    assert warm >= 1 and _compiled_graphs() > warm  # not frozen: a new length compiles
+    qa.freeze_vision_compilation()
+    before = _compiled_graphs()
+    frozen = qa.answer(clip_path, "What happens?", num_frames=4, max_new_tokens=3)
+    assert _compiled_graphs() == before
+    plain = eager.answer(clip_path, "What happens?", num_frames=4, max_new_tokens=3)
+    assert frozen.pruned.token_ids == plain.pruned.token_ids and frozen.full.token_ids == plain.full.token_ids
+    assert torch.equal(frozen.selection.keep, plain.selection.keep)
+    qa.answer(clip_path, "What happens?", num_frames=12, max_new_tokens=2)  # a compiled length still runs compiled
+    assert _compiled_graphs() == before
+
+
+def test_use_eager_vision_undoes_the_compilation(clip_path):
+    qa = VideoQA.tiny(seed=0)
+    qa.adapter.vision_tower.compile(backend="eager", dynamic=True)
+    qa.freeze_vision_compilation()
+    qa.use_eager_vision()
+    assert not qa.vision_compiled and not qa._compiled_shapes_only
+    torch._dynamo.reset()
+    before = _compiled_graphs()
+    qa.answer(clip_path, "What happens?", num_frames=4, max_new_tokens=2)
+    assert _compiled_graphs() == before

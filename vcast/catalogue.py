@@ -11,13 +11,15 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .pipeline import ModelError, VideoQA
+from .models.configs import REAL_MODELS
+from .pipeline import ModelError, VideoQA, tiny_family
 
 logger = logging.getLogger(__name__)
 TINY_MODELS = ("tiny", "tiny-qwen3_vl_moe", "tiny-qwen2_5_vl", "tiny-qwen3_5", "tiny-llava_onevision")
@@ -119,23 +121,59 @@ class ModelSlot:
             return self.held
 
 
-def load(model_id: str, *, max_generation_s: float, compile_model: bool = False, zero_gpu: bool = False,
+COMPILED_VISION_FAMILIES = ("qwen3_vl",)  # families whose vision tower is compiled by default (measured on an H200)
+
+
+def family_of(model_id: str) -> str | None:
+    """The family of a catalogued checkpoint or of `VideoQA.random_weights`' id ("random-weights:Qwen3-VL-8B");
+    None for anything else (a local folder, an uncatalogued id)."""
+    if model_id.startswith("random-weights:"):
+        name = model_id.split(":", 1)[1]
+        return "qwen3_vl" if name.startswith("Qwen3-VL-") else REAL_MODELS.get(name, (None,))[0]
+    return next((c.family for c in CHECKPOINTS if c.model_id == model_id), None)
+
+
+def compiles_by_default(model_id: str, *, zero_gpu: bool = False) -> bool:
+    """Whether a server compiles `model_id`'s vision tower unless told otherwise: a model of a family in
+    COMPILED_VISION_FAMILIES (`family_of`) on a dedicated CUDA GPU (not ZeroGPU, which lends a GPU per call)."""
+    return family_of(model_id) in COMPILED_VISION_FAMILIES and not zero_gpu and torch.cuda.is_available()
+
+
+def warm_up_for_serving(qa: VideoQA, video: Any) -> float:
+    """Warm `qa` up on `video` for serving, then freeze its compiled vision tower (`freeze_vision_compilation`): a
+    compiled tower warms up on COMPILED_WARM_UP_FRAMES frames (a 4-frame warm-up left a 47 s compilation on an H200
+    for the first longer video), an eager one on 4. Where compiling fails, the tower is served eagerly and the log
+    says why. Returns the seconds it took."""
+    if not qa.vision_compiled:
+        return qa.warm_up(video, num_frames=4)
+    started = time.perf_counter()
+    try:
+        qa.warm_up(video, num_frames=COMPILED_WARM_UP_FRAMES)
+    except ModelError as err:
+        logger.warning("serving %s's vision tower eagerly: %s", qa.model_id, err)
+        qa.use_eager_vision()
+        qa.warm_up(video, num_frames=4)
+    qa.freeze_vision_compilation()
+    return time.perf_counter() - started
+
+
+def load(model_id: str, *, max_generation_s: float, compile_model: bool | None = None, zero_gpu: bool = False,
          warm_up_video: str | None = None) -> VideoQA:  # fmt: skip
-    """`model_id` as a server serves it: each answer cut at `max_generation_s`; with `compile_model`, on a CUDA GPU,
-    the vision tower compiled (decoding is graph-recorded there anyway: compiling it too would turn that off and
-    compile every new length); warmed up on `warm_up_video` (a tiny model is not). zero_gpu:
-    the weights go straight to "cuda", and there is no GPU outside a call to compile or warm up with."""
+    """`model_id` as a server serves it: each answer cut at `max_generation_s`; the vision tower compiled on a CUDA GPU
+    where `compile_model` says so (None: `compiles_by_default`; decoding is graph-recorded there anyway: compiling it
+    too would turn that off and compile every new length); warmed up on `warm_up_video` (`warm_up_for_serving`; a
+    tiny model is not). zero_gpu: the weights go straight to "cuda", and there is no GPU outside a call to compile or
+    warm up with."""
     # ZeroGPU: decoding stays eager (graph recording is untested on a GPU lent per call, in another process)
     zero = {"device_map": "cuda", "graph_decode": False} if zero_gpu else {}
     options = {"max_generation_s": max_generation_s, **zero}
-    if compile_model and not zero_gpu and torch.cuda.is_available():
+    if compile_model is None:
+        compile_model = compiles_by_default(model_id, zero_gpu=zero_gpu)
+    if compile_model and not zero_gpu and torch.cuda.is_available() and tiny_family(model_id) is None:
         options.update(compile_vision=True)
     qa = VideoQA.from_pretrained(model_id, **options)
     if warm_up_video is not None and not (zero_gpu or qa.is_tiny):
-        # A compiled vision tower warmed up on a 4-frame clip compiled again (47 s on an H200) for the first longer
-        # video; warmed up on 32 frames, new sizes compiled nothing (docs/BENCHMARKS.md section 11).
-        frames = COMPILED_WARM_UP_FRAMES if options.get("compile_vision") else 4
-        logger.info("warmed %s up in %.1f s", model_id, qa.warm_up(warm_up_video, num_frames=frames))
+        logger.info("warmed %s up in %.1f s", model_id, warm_up_for_serving(qa, warm_up_video))
     return qa
 
 

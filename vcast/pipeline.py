@@ -400,6 +400,24 @@ class VideoQA:
         self.vision_sdpa_backends: list[str] | None = list(DEFAULT_VISION_SDPA)
         self.max_generation_s = max_generation_s
         self.is_tiny = tiny_family(model_id) is not None
+        self._compiled_shapes_only = False  # freeze_vision_compilation() was called
+
+    @property
+    def vision_compiled(self) -> bool:
+        """Whether the vision tower runs through torch.compile (`compile_vision`, not undone by `use_eager_vision`)."""
+        return getattr(self.adapter.vision_tower, "_compiled_call_impl", None) is not None
+
+    def use_eager_vision(self) -> None:
+        """Undo `compile_vision`: the vision tower runs eagerly from the next video on (for when compiling failed)."""
+        self.adapter.vision_tower._compiled_call_impl = None
+        self._compiled_shapes_only = False
+
+    def freeze_vision_compilation(self) -> None:
+        """Compile nothing more: from now on, a video whose shapes no compiled graph of the vision tower serves
+        runs the tower eagerly instead of compiling one (torch.compiler's "eager_on_recompile" stance, during
+        this instance's vision pass only). A server calls it after its warm-up, so that no request pays a
+        compilation and the compiled graphs stay bounded. No effect on a tower that is not compiled."""
+        self._compiled_shapes_only = self.vision_compiled
 
     @property
     def device(self) -> torch.device:
@@ -752,7 +770,7 @@ class VideoQA:
     def _encode(self, prompt: Prompt, cancel: threading.Event) -> Prepared:
         self._check(cancel)
         self._reset_peak()
-        with torch.inference_mode(), self._vision_backends(), _Timer(self.device) as vision:
+        with torch.inference_mode(), self._vision_backends(), self._vision_stance(), _Timer(self.device) as vision:
             on_host = self.adapter.prompt_on_host(prompt.inputs)
             features = self.adapter.encode(prompt.inputs, chunk_patches=self.vision_chunk_patches)
             positions = self.adapter.positions(on_host, device=self.device)  # overlaps the GPU work
@@ -761,6 +779,11 @@ class VideoQA:
             vision_ms=vision.ms, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),
             processed_size=self.adapter.processed_size(features),
         )  # fmt: skip
+
+    def _vision_stance(self):
+        if not self._compiled_shapes_only:
+            return contextlib.nullcontext()
+        return torch.compiler.set_stance("eager_on_recompile")
 
     def _vision_backends(self):
         if not self.vision_sdpa_backends or self.device.type != "cuda":
