@@ -19,7 +19,7 @@ splits it by phase (vision and selection, the timed prefill, generate). Each pas
 it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
 The model runs in the settings `python app.py` serves it with on this machine: decoding graph-recorded on a GPU and,
 for Qwen3-VL on a CUDA GPU, the vision tower compiled, warmed up on 32 frames and frozen (no compilation after that);
-`--eager-vision` measures VideoQA's eager default instead.
+`--vision eager` measures VideoQA's eager default instead.
 `--sizes tiny` runs the tiny offline model on the CPU: a smoke test of this script (CI runs it).
 """
 
@@ -44,10 +44,16 @@ from vcast import catalogue
 from vcast.config import VCastConfig
 from vcast.methods import METHODS
 from vcast.models.base import cache_argument, generation_attention
-from vcast.models.configs import REAL_SIZES
 from vcast.models.decode import DEFAULT_CACHE_BUCKET, DecodeCaches, cache_bytes
 from vcast.models.mrope import DEFAULT_VISION_CHUNK_PATCHES
-from vcast.pipeline import DEFAULT_MAX_PIXELS_PER_VIDEO, Prompt, VideoQA, check_methods, tiny_family
+from vcast.pipeline import (
+    DEFAULT_MAX_PIXELS_PER_VIDEO,
+    Prompt,
+    VideoQA,
+    check_methods,
+    random_weights_id,
+    tiny_family,  # fmt: skip
+)
 from vcast.video import VideoClip
 
 # A method of the benchmark: (name in vcast.METHODS, retain ratio), or None for the unpruned pass.
@@ -444,11 +450,6 @@ def served_model(name: str, *, vision: str = "app", **options) -> VideoQA:
     return qa
 
 
-def random_weights_id(name: str) -> str:
-    """The model id `VideoQA.random_weights(name)` gives."""
-    return f"random-weights:{f'Qwen3-VL-{name}' if name in REAL_SIZES else name}"
-
-
 def _model(size: str, args) -> VideoQA:
     """A random-weight model of the real shapes of `size` on the GPU (`served_model`), or the tiny model on the CPU."""
     compile_vision = {None: False, "default": True}.get(args.compile_vision, args.compile_vision)
@@ -458,7 +459,7 @@ def _model(size: str, args) -> VideoQA:
                             compile_decode=args.compile_decode,
                             vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
     budget = {"app": DEFAULT_MAX_PIXELS_PER_VIDEO, "none": None}[args.pixel_budget]
-    vision = "eager" if args.eager_vision else "app" if args.compile_vision is None else "compiled"
+    vision = args.vision if args.compile_vision is None else "compiled"
     return served_model(size, vision=vision, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
                         max_pixels_per_video=budget, compile_decode=args.compile_decode,
                         vision_chunk_patches=args.vision_chunk_patches,
@@ -467,10 +468,10 @@ def _model(size: str, args) -> VideoQA:
 
 def vision_setting(args) -> str:
     """The meta's words for how the vision tower ran."""
-    if args.eager_vision:
+    if args.vision == "eager" and args.compile_vision is None:
         return "eager"
-    if args.compile_vision is not None:
-        return f"torch.compile ({args.compile_vision})"
+    if args.compile_vision is not None or args.vision == "compiled":
+        return f"torch.compile ({args.compile_vision or 'default'})"
     return ("as the app serves it: torch.compile for Qwen3-VL on a CUDA GPU, warmed up on 32 frames and frozen "
             "(catalogue.warm_up_for_serving); eager otherwise")  # fmt: skip
 
@@ -505,9 +506,9 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.compile the vision tower (optionally naming a mode, e.g. reduce-overhead), for every family and "
         "with no freezing; default: as the app serves it",
     )
-    parser.add_argument("--eager-vision", action="store_true",
-                        help="run the vision tower eagerly (VideoQA's default) instead of as the app serves it "
-                        "(compiled for Qwen3-VL on a GPU)")  # fmt: skip
+    parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
+                        help="the vision tower as the app serves it (default: compiled for Qwen3-VL on a GPU, warmed "
+                        "up and frozen), eager (VideoQA's default), or compiled")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "

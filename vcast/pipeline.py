@@ -322,6 +322,13 @@ def check_methods(methods: Sequence[str] | str) -> list[str]:
     return names
 
 
+def random_weights_id(name: str) -> str:
+    """The model id of `VideoQA.random_weights(name)`: "random-weights:Qwen3-VL-8B" for a Qwen3-VL size, else name."""
+    from .models.configs import REAL_SIZES
+
+    return f"random-weights:{f'Qwen3-VL-{name}' if name in REAL_SIZES else name}"
+
+
 def tiny_family(model_id: str) -> str | None:
     """The family of a tiny model name ("tiny" -> "qwen3_vl", "tiny-qwen2_5_vl" -> "qwen2_5_vl"), else None."""
     if model_id == TINY_MODEL_ID:
@@ -532,16 +539,14 @@ class VideoQA:
         the real costs of that model, offline (benchmarks, GPU checks); its answers are noise.
         name: a Qwen3-VL size ("2B", "8B", "30B-A3B", ...) or "Qwen2.5-VL-7B", "Qwen3.5-9B",
         "LLaVA-OneVision-7B" (`vcast.models.configs.real_model_names()`)."""
-        from .models.configs import REAL_SIZES
         from .models.tiny import random_model, real_processor
 
         model = random_model(name, device=device, dtype=dtype, attn_implementation=attn_implementation)
         processor = real_processor(name, max_pixels_per_frame)
-        label = f"Qwen3-VL-{name}" if name in REAL_SIZES else name
         # The processor's total budget over the clip, as from_pretrained (the app) sets it; None: frames capped only.
         budget = None if max_pixels_per_video is None else adapter_class(model.config.model_type).pixel_budget(
             max_pixels_per_video)  # fmt: skip
-        return cls(model, processor, model_id=f"random-weights:{label}", processor_kwargs=budget, **options)
+        return cls(model, processor, model_id=random_weights_id(name), processor_kwargs=budget, **options)
 
     # -- the public steps -------------------------------------------------------------------------
 
