@@ -29,6 +29,7 @@ class StandIn:
     def __init__(self, model_id: str, options: dict, fails: int = 0):
         self.model_id, self.is_tiny, self.fails = model_id, False, fails
         self.vision_compiled, self.frozen, self.warmed = bool(options.get("compile_vision")), False, []
+        self.prefill_compiled = bool(options.get("compile_prefill"))  # as for a dense Qwen3-VL
 
     def warm_up(self, clip, num_frames=4):
         self.warmed.append((clip, num_frames, self.vision_compiled))
@@ -40,8 +41,11 @@ class StandIn:
     def use_eager_vision(self):
         self.vision_compiled = False
 
+    def use_eager_prefill(self):
+        self.prefill_compiled = False
+
     def freeze_vision_compilation(self):
-        self.frozen = self.vision_compiled
+        self.frozen = self.vision_compiled or self.prefill_compiled
 
 
 @pytest.fixture
@@ -83,8 +87,9 @@ def test_qwen3_vl_on_a_dedicated_gpu_compiles_its_vision_tower_by_default_and_fr
     for model_id in ("Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-30B-A3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
                      "/a/local/folder"):  # fmt: skip
         load(model_id)
-    compiled = [bool(options.get("compile_vision")) for _, options in calls]
-    assert compiled == [True, True, False, False]  # other families' towers were not measured compiled: asked only
+    compiled = [(bool(options.get("compile_vision")), bool(options.get("compile_prefill"))) for _, options in calls]
+    # other families were not measured compiled: asked only; VideoQA compiles the prefill only where it can
+    assert compiled == [(True, True), (True, True), (False, False), (False, False)]
     frames = catalogue.COMPILED_WARM_UP_FRAMES
     assert served[0].warmed == [(CLIP, frames, True)] and served[0].frozen and frames >= 32
     assert served[2].warmed == [(CLIP, 4, False)] and not served[2].frozen
@@ -110,7 +115,9 @@ def test_a_vision_tower_that_fails_to_compile_is_served_eagerly_and_the_log_says
         load("Qwen/Qwen3-VL-8B-Instruct")
     frames = catalogue.COMPILED_WARM_UP_FRAMES
     assert served[0].warmed == [(CLIP, frames, True), (CLIP, 4, False)] and not served[0].vision_compiled
-    assert "serving Qwen/Qwen3-VL-8B-Instruct's vision tower eagerly: Compiling the vision tower failed" in caplog.text
+    assert not served[0].prefill_compiled and not served[0].frozen
+    assert ("serving Qwen/Qwen3-VL-8B-Instruct eagerly (no compiled vision tower or prefill): Compiling the vision "
+            "tower failed") in caplog.text  # fmt: skip
 
 
 def test_which_models_compile_by_default(monkeypatch):

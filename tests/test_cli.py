@@ -93,6 +93,10 @@ def test_compile_flags_on_a_cpu_are_ignored_with_a_note_and_reach_the_model_on_a
     code, out, err = run(capsys, clip_path, "Q?", "--model", "tiny", "--frames", "4", "--max-new-tokens", "2",
                          "--json", "--compile-decode")  # fmt: skip
     assert code == 0 and json.loads(out)["compiled_decode"] is True and "ignored" not in err
+    monkeypatch.setattr(cli, "gpu_memory_gib", lambda: 0.0)
+    code, out, err = run(capsys, clip_path, "Q?", "--model", "tiny", "--frames", "4", "--max-new-tokens", "2",
+                         "--json", "--compile-prefill")  # fmt: skip
+    assert code == 0 and json.loads(out)["compiled_prefill"] is False and "--compile-prefill" in err
 
 
 def test_library_warnings_wait_until_the_answers_are_printed(capsys, clip_path, monkeypatch):

@@ -170,7 +170,7 @@ def test_a_failed_vision_compilation_names_the_option_to_turn_off(qa, clip_path,
 def test_a_failed_decode_compilation_names_the_options_to_turn_off(qa, clip_path, monkeypatch):
     failure = torch._dynamo.exc.TorchDynamoException("backend='inductor' raised: out of resources\nmore")
     monkeypatch.setattr(qa.model, "generate", _raise_once(failure, qa.model.generate))
-    with pytest.raises(ModelError, match=r"Compiling the decode step failed .*out of resources\); run without"):
+    with pytest.raises(ModelError, match=r"Compiling the LLM prefill or decode step failed .*out of resources\); run "):
         qa.answer(clip_path, "What happens?", max_new_tokens=2)
     assert len(qa.answer(clip_path, "What happens?", max_new_tokens=2).pruned.token_ids) == 2
 

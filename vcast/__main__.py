@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--compile-vision", action="store_true",
                         help="GPU only: torch.compile the vision tower (the first video pays a compilation)")
+    parser.add_argument("--compile-prefill", action="store_true",
+                        help="GPU only: torch.compile the LLM prefill's decoder layers (dense Qwen3-VL; the first "
+                        "prefill pays a compilation)")  # fmt: skip
     parser.add_argument("--compile-decode", action="store_true",
                         help="GPU only: torch.compile the decode step instead of recording it (compiles per length)")
     return parser.parse_args(argv)
@@ -73,10 +76,12 @@ def held_warnings() -> Iterator[list[str]]:
 def _model_options(args: argparse.Namespace, on_gpu: bool) -> tuple[dict, list[str]]:
     """VideoQA options from the flags, and notes for the user (compile flags do nothing useful on a CPU)."""
     notes = []
-    if (args.compile_vision or args.compile_decode) and not on_gpu:
-        notes.append("--compile-vision / --compile-decode speed up a GPU only; without one they are ignored.")
+    if (args.compile_vision or args.compile_prefill or args.compile_decode) and not on_gpu:
+        notes.append("--compile-vision / --compile-prefill / --compile-decode speed up a GPU only; without one they "
+                     "are ignored.")  # fmt: skip
         return {}, notes
-    return {"compile_vision": args.compile_vision, "compile_decode": args.compile_decode}, notes
+    return {"compile_vision": args.compile_vision, "compile_prefill": args.compile_prefill,
+            "compile_decode": args.compile_decode}, notes  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({**result_record(result), "compiled_decode": qa.decode_caches is not None}, indent=2))
+        print(json.dumps({**result_record(result), "compiled_decode": qa.decode_caches is not None,
+                          "compiled_prefill": qa.prefill_compiled}, indent=2))
         return 0
     print("\n")
     print(metric_text(result, timings=not qa.is_tiny))

@@ -140,18 +140,19 @@ def compiles_by_default(model_id: str, *, zero_gpu: bool = False) -> bool:
 
 
 def warm_up_for_serving(qa: VideoQA, video: Any) -> float:
-    """Warm `qa` up on `video` for serving, then freeze its compiled vision tower (`freeze_vision_compilation`): a
-    compiled tower warms up on COMPILED_WARM_UP_FRAMES frames (a 4-frame warm-up left a 47 s compilation on an H200
-    for the first longer video), an eager one on 4. Where compiling fails, the tower is served eagerly and the log
-    says why. Returns the seconds it took."""
-    if not qa.vision_compiled:
+    """Warm `qa` up on `video` for serving, then freeze what it compiles (`freeze_vision_compilation`: the vision
+    tower and the LLM prefill): a compiled model warms up on COMPILED_WARM_UP_FRAMES frames (a 4-frame warm-up left
+    a 47 s compilation on an H200 for the first longer video), an eager one on 4. Where compiling fails, the model is
+    served eagerly and the log says why. Returns the seconds it took."""
+    if not (qa.vision_compiled or qa.prefill_compiled):
         return qa.warm_up(video, num_frames=4)
     started = time.perf_counter()
     try:
         qa.warm_up(video, num_frames=COMPILED_WARM_UP_FRAMES)
     except ModelError as err:
-        logger.warning("serving %s's vision tower eagerly: %s", qa.model_id, err)
+        logger.warning("serving %s eagerly (no compiled vision tower or prefill): %s", qa.model_id, err)
         qa.use_eager_vision()
+        qa.use_eager_prefill()
         qa.warm_up(video, num_frames=4)
     qa.freeze_vision_compilation()
     return time.perf_counter() - started
@@ -159,8 +160,9 @@ def warm_up_for_serving(qa: VideoQA, video: Any) -> float:
 
 def load(model_id: str, *, max_generation_s: float, compile_model: bool | None = None, zero_gpu: bool = False,
          warm_up_video: str | None = None) -> VideoQA:  # fmt: skip
-    """`model_id` as a server serves it: each answer cut at `max_generation_s`; the vision tower compiled on a CUDA GPU
-    where `compile_model` says so (None: `compiles_by_default`; decoding is graph-recorded there anyway: compiling it
+    """`model_id` as a server serves it: each answer cut at `max_generation_s`; the vision tower and, where
+    `CompiledPrefill` serves the model (dense Qwen3-VL), the LLM prefill's decoder layers compiled on a CUDA GPU where
+    `compile_model` says so (None: `compiles_by_default`; decode steps are graph-recorded there anyway: compiling them
     too would turn that off and compile every new length); warmed up on `warm_up_video` (`warm_up_for_serving`; a
     tiny model is not). zero_gpu: the weights go straight to "cuda", and there is no GPU outside a call to compile or
     warm up with."""
@@ -170,7 +172,7 @@ def load(model_id: str, *, max_generation_s: float, compile_model: bool | None =
     if compile_model is None:
         compile_model = compiles_by_default(model_id, zero_gpu=zero_gpu)
     if compile_model and not zero_gpu and torch.cuda.is_available() and tiny_family(model_id) is None:
-        options.update(compile_vision=True)
+        options.update(compile_vision=True, compile_prefill=True)
     qa = VideoQA.from_pretrained(model_id, **options)
     if warm_up_video is not None and not (zero_gpu or qa.is_tiny):
         logger.info("warmed %s up in %.1f s", model_id, warm_up_for_serving(qa, warm_up_video))

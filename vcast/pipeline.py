@@ -31,6 +31,7 @@ from .core import Selection, allocate_budgets, allocation_weights, total_budget
 from .methods import METHOD_LABELS, METHODS, prune
 from .models.base import ModelAdapter, PassInputs, VisionFeatures, adapter_class, adapter_for, cache_argument
 from .models.base import generation_attention as _generation_attention
+from .models.compiled_prefill import compiled_prefill_unsupported
 from .models.decode import DecodeCaches
 from .models.graph_decode import GraphDecoder
 from .models.mrope import DEFAULT_VISION_CHUNK_PATCHES
@@ -361,6 +362,7 @@ class VideoQA:
         compile_vision: bool | str = False,
         compile_decode: bool = False,
         graph_decode: bool | None = None,
+        compile_prefill: bool = False,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
     ):
         """Wrap a loaded `model` of a supported family and its `processor`.
@@ -385,6 +387,10 @@ class VideoQA:
         decoding. None (the default) turns it on where the model sits on one GPU; passes whose
         generation options it does not reproduce (beams, repetition penalties, ...) use generate.
         Ignored when compile_decode is set.
+        compile_prefill: torch.compile the language model's decoder layers for the graph decoder's LLM
+        prefill (`vcast.models.compiled_prefill`: one graph pair for every layer and prompt length; the
+        first prefill compiles); decode steps stay recorded. Only with the graph decoder and decoder layers
+        it serves (dense Qwen3-VL); ignored elsewhere (`prefill_compiled` says whether it is on).
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         Raises ValueError naming the supported families for a model of another family.
         """
@@ -398,6 +404,8 @@ class VideoQA:
         if graph_decode is None:
             graph_decode = model.device.type == "cuda"
         self.graph_decoder = GraphDecoder(model) if graph_decode and not compile_decode else None
+        if compile_prefill and self.graph_decoder is not None and compiled_prefill_unsupported(model) is None:
+            self.graph_decoder.compile_prefill()
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
         # SDPA backends for the vision tower's attention on a GPU, by name ("flash", "efficient", "cudnn",
@@ -423,8 +431,22 @@ class VideoQA:
         """Compile nothing more: from now on, a video whose shapes no compiled graph of the vision tower serves
         runs the tower eagerly instead of compiling one (torch.compiler's "eager_on_recompile" stance, during
         this instance's vision pass only). A server calls it after its warm-up, so that no request pays a
-        compilation and the compiled graphs stay bounded. No effect on a tower that is not compiled."""
+        compilation and the compiled graphs stay bounded. No effect on a tower that is not compiled.
+        The compiled LLM prefill (`compile_prefill`) is frozen likewise."""
         self._compiled_shapes_only = self.vision_compiled
+        if self.prefill_compiled:
+            self.graph_decoder.compiled_prefill.freeze()
+
+    @property
+    def prefill_compiled(self) -> bool:
+        """Whether the LLM prefill's decoder layers run through torch.compile (`compile_prefill`, not undone by
+        `use_eager_prefill`)."""
+        return self.graph_decoder is not None and self.graph_decoder.compiled_prefill is not None
+
+    def use_eager_prefill(self) -> None:
+        """Undo `compile_prefill` (for when compiling failed)."""
+        if self.graph_decoder is not None:
+            self.graph_decoder.use_eager_prefill()
 
     @property
     def device(self) -> torch.device:
@@ -450,6 +472,7 @@ class VideoQA:
         compile_vision: bool | str = False,
         compile_decode: bool = False,
         graph_decode: bool | None = None,
+        compile_prefill: bool = False,
         vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES,
         max_generation_s: float = DEFAULT_MAX_GENERATION_S,
         **loading_options,
@@ -459,13 +482,14 @@ class VideoQA:
         The family comes from the checkpoint's `config.model_type`. `max_pixels_per_video` is the
         processor's total pixel budget over the clip, in Qwen3-VL's 32 x 32-pixel merged tokens (the
         other Qwen families get the same token budget; LLaVA-OneVision's frames are always 384 pixels).
-        `compile_vision`, `compile_decode`, `graph_decode`, `vision_chunk_patches` and `max_generation_s` are VideoQA's
-        (see `__init__`); other keywords go to transformers' `from_pretrained`. "tiny" or
-        "tiny-<family>" builds the offline tiny model instead. Raises ModelError with what to do when
+        `compile_vision`, `compile_decode`, `graph_decode`, `compile_prefill`, `vision_chunk_patches` and
+        `max_generation_s` are VideoQA's (see `__init__`); other keywords go to transformers' `from_pretrained`.
+        "tiny" or "tiny-<family>" builds the offline tiny model instead. Raises ModelError with what to do when
         the checkpoint is unreachable, unknown, or of an unsupported family.
         """
         options = {"compile_vision": compile_vision, "compile_decode": compile_decode, "graph_decode": graph_decode,
-                   "vision_chunk_patches": vision_chunk_patches, "max_generation_s": max_generation_s}  # fmt: skip
+                   "compile_prefill": compile_prefill, "vision_chunk_patches": vision_chunk_patches,
+                   "max_generation_s": max_generation_s}  # fmt: skip
         family = tiny_family(model_id)
         if family is not None:
             return cls.tiny(family=family, **options)
@@ -808,10 +832,10 @@ class VideoQA:
             self._free_memory()
             raise ModelError(_OUT_OF_MEMORY.format(stage=stage[0])) from err
         except torch._dynamo.exc.TorchDynamoException as err:  # compiling on a machine that cannot compile
-            what = "the vision tower" if stage[0] == "encoding the frames" else "the decode step"
+            what = "the vision tower" if stage[0] == "encoding the frames" else "the LLM prefill or decode step"
             raise ModelError(
                 f"Compiling {what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                "run without compile_vision / compile_decode (--compile-vision / --compile-decode)."
+                "run without compiling (compile_vision / compile_prefill / compile_decode; the app's --no-compile)."
             ) from err
 
     def _generate(

@@ -70,6 +70,7 @@ class DecodeCaches:
         self.layer_devices = _layer_devices(model, text.num_hidden_layers)
         # weights offloaded by accelerate sit on "meta" until their layer runs: allocate lazily then
         self.offloaded = any(device.type == "meta" for device in self.layer_devices)
+        self.cache_class: type[StaticCache] = StaticCache  # a subclass where the prefill is compiled (PrefillCache)
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self._caches: OrderedDict[int, StaticCache] = OrderedDict()
@@ -108,7 +109,7 @@ class DecodeCaches:
         model spread over several GPUs gets each layer's cache where that layer runs). Made under
         inference mode, like everything generate makes: only inference mode may then change them.
         """
-        cache = StaticCache(config=self.text_config, max_cache_len=length)
+        cache = self.cache_class(config=self.text_config, max_cache_len=length)
         if self.offloaded:
             return cache  # each layer finds its device when it first runs
         with torch.inference_mode():

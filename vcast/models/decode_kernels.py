@@ -119,7 +119,9 @@ AttentionInterface.register(DECODE_ATTENTION, decode_attention)
 
 
 def _fused_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    if _STEP.get() is None:
+    # Traced by torch.compile (the compiled prefill), the class's own norm: Inductor fuses it, and reading the
+    # context variable would break the graph at every norm.
+    if torch.compiler.is_compiling() or _STEP.get() is None:
         return type(self).forward(self, hidden_states)
     shape = (hidden_states.shape[-1],)
     if type(self).__name__ in _ONE_PLUS_WEIGHT:

@@ -29,8 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers import StaticCache
 
-from .base import PassInputs, cache_argument
+from .base import PassInputs, cache_argument, generation_attention
+from .compiled_prefill import CompiledPrefill, PrefillCache, deepstack_without_waits
 from .decode import DecodeCaches
 from .decode_kernels import FastDecodeStep, FilledSlots
 
@@ -157,6 +159,9 @@ class GraphDecoder:
         if fast_kernels is None:
             fast_kernels = self.device is not None and self.device.type == "cuda"
         self.fast = FastDecodeStep(model) if fast_kernels and self.device is not None else None
+        if self.fast is not None:
+            deepstack_without_waits(model)  # the prefill's host no longer waits in the first layers
+        self.compiled_prefill: CompiledPrefill | None = None
         self.failure: str | None = None
         self._cache_keyword = cache_argument(model)
         parameters = inspect.signature(model.forward).parameters
@@ -168,6 +173,31 @@ class GraphDecoder:
         # released, and recording into a released pool is an error. Never replayed again, it holds no memory.
         self._last_graph: torch.cuda.CUDAGraph | None = None
         self._warmed = False  # the first pass runs one step eagerly on the recording stream first
+
+    def compile_prefill(self) -> None:
+        """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
+        ValueError for a model it does not serve). The first prefills compile."""
+        self.compiled_prefill = CompiledPrefill(self.model)
+        self.caches.cache_class = PrefillCache
+
+    def use_eager_prefill(self) -> None:
+        """Undo `compile_prefill`."""
+        self.compiled_prefill = None
+        self.caches.cache_class = StaticCache
+
+    def prefill(self, pass_inputs: PassInputs, cache, *, logits_to_keep: int | None = 1):
+        """The LLM prefill of one pass into `cache` (from `self.caches`): the model's output, with generation's
+        attention backends (`generation_attention`). Compiled where `compile_prefill` was called."""
+        kwargs = dict(pass_inputs.generate_kwargs(), use_cache=True, **{self._cache_keyword: cache})
+        if self._takes_logits_to_keep and logits_to_keep is not None:
+            kwargs["logits_to_keep"] = logits_to_keep
+        if self._takes_cache_position:
+            kwargs["cache_position"] = torch.arange(int(pass_inputs.input_ids.shape[1]),
+                                                    device=pass_inputs.input_ids.device)  # fmt: skip
+        compiled = self.compiled_prefill
+        layers = compiled.active() if compiled is not None else contextlib.nullcontext()
+        with generation_attention(pass_inputs.input_ids.device), layers:
+            return self.model(**kwargs)
 
     @property
     def mode(self) -> str:
@@ -202,13 +232,10 @@ class GraphDecoder:
         extra = {self._cache_keyword: cache, "use_cache": True}
         if self._takes_logits_to_keep:
             extra["logits_to_keep"] = 1
-        prefill = dict(pass_inputs.generate_kwargs(), **extra)
-        if self._takes_cache_position:
-            prefill["cache_position"] = torch.arange(length, device=pass_inputs.input_ids.device)
         pick = sampling.picker(pass_inputs.input_ids.device, stop_ids)
-        logits = self.model(**prefill).logits
+        logits = self.prefill(pass_inputs, cache).logits
         token = pick(logits[:, -1, :])
-        del logits, prefill
+        del logits
         first = int(token)  # the first token on the host: the end of the prefill
         if on_token(first) or first in stop_ids or max_new_tokens == 1:
             return

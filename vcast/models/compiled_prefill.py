@@ -1,0 +1,112 @@
+"""The LLM prefill's decoder layers through torch.compile, and deepstack without host waits.
+
+Why (H200, Qwen3-VL-8B shapes, docs/BENCHMARKS.md section 13): V-CAST's LLM prefill over about 1100
+tokens is about 41 ms of GPU work, launched by about 24 ms of Python on the host (transformers' layers
+are some 50 small operations each), and the host also waits for the GPU six times inside the first
+three layers (deepstack's boolean indexing). The host therefore leads the GPU by little, and any hiccup
+of the host lands in the prefill's time: the bench saw rounds of 43 and 53 ms in one process. The
+unpruned prefill (3449 tokens, 117 ms of GPU work) is far enough ahead not to notice.
+
+`CompiledPrefill` compiles each decoder layer (dynamic lengths) into fused kernels with a small
+host-side wrapper, active only around the graph decoder's prefill (decode steps stay the recorded
+eager step). The cache update is left out of the compiled graphs (`PrefillCache`): each layer picks its
+own cache tensors by its index, and traced, that index would make one graph per layer; outside, one
+pair of graphs serves every layer and every prompt length. `deepstack_without_waits` adds the
+deepstack features with indices computed on the device (`torch.nonzero_static`), the same sums as
+transformers' boolean indexing without waiting for the GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import torch
+from transformers import StaticCache
+
+# Decoder layers whose prefill is compiled (measured on an H200); others run eagerly.
+COMPILED_PREFILL_LAYERS = frozenset({"Qwen3VLTextDecoderLayer"})
+
+
+class PrefillCache(StaticCache):
+    """A StaticCache whose `update` stays outside torch.compile's graphs (a graph break): the compiled
+    part of a layer then holds no layer index, so all layers share it. Eager callers see no difference."""
+
+    @torch.compiler.disable
+    def update(self, *args, **kwargs):
+        return super().update(*args, **kwargs)
+
+
+def _decoder_layers(model) -> list[torch.nn.Module]:
+    layers = getattr(model.get_decoder(), "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def compiled_prefill_unsupported(model) -> str | None:
+    """Why `CompiledPrefill` cannot serve `model` (None: it can)."""
+    layers = _decoder_layers(model)
+    if not layers:
+        return "the language model has no list of decoder layers"
+    kinds = {type(layer).__name__ for layer in layers}
+    if not kinds <= COMPILED_PREFILL_LAYERS:
+        return f"its decoder layers ({', '.join(sorted(kinds))}) are not among {sorted(COMPILED_PREFILL_LAYERS)}"
+    return None
+
+
+class CompiledPrefill:
+    """Compiled decoder layers for one model's LLM prefill, switched on by `active()` around it.
+
+    The first prefills compile (dynamic lengths: one graph pair for every length and layer); after
+    `freeze()`, a prefill whose shapes no compiled graph serves runs its layers eagerly instead of
+    compiling (torch.compiler's "eager_on_recompile" stance), so a server compiles only at its warm-up.
+    """
+
+    def __init__(self, model):
+        why = compiled_prefill_unsupported(model)
+        if why is not None:
+            raise ValueError(f"CompiledPrefill cannot serve this model: {why}")
+        self.layers = _decoder_layers(model)
+        # One torch.compile wrapper per layer (what Module.compile makes); they share dynamo's cache,
+        # which is per code object.
+        self.calls = [torch.compile(layer._call_impl, dynamic=True) for layer in self.layers]
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Compile nothing more (see the class)."""
+        self.frozen = True
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The layers run compiled inside this block (the prefill must write into a `PrefillCache`)."""
+        stance = torch.compiler.set_stance("eager_on_recompile") if self.frozen else contextlib.nullcontext()
+        for layer, call in zip(self.layers, self.calls, strict=True):
+            layer._compiled_call_impl = call
+        try:
+            # Integer attributes of the layers (their index) stay symbolic instead of specialising a graph each.
+            with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True), stance:
+                yield
+        finally:
+            for layer in self.layers:
+                layer._compiled_call_impl = None
+
+
+def _deepstack_by_index(self, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
+                        visual_embeds: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """transformers' `_deepstack_process` (hidden[mask] += embeds) with the mask's indices found on the device:
+    no host wait. The same additions, one per visual position."""
+    visual_embeds = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+    mask = visual_pos_masks.to(hidden_states.device).reshape(-1)
+    found = torch.nonzero_static(mask, size=visual_embeds.shape[0]).view(-1)
+    flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+    return flat.index_add(0, found, visual_embeds).view_as(hidden_states)
+
+
+def deepstack_without_waits(model) -> bool:
+    """Give `model`'s language model (Qwen3-VL's, with deepstack) `_deepstack_by_index`; False where it has
+    no `_deepstack_process` (other families)."""
+    language_model = model.get_decoder()
+    if not hasattr(language_model, "_deepstack_process"):
+        return False
+    language_model._deepstack_process = types.MethodType(_deepstack_by_index, language_model)
+    return True
