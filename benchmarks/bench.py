@@ -18,8 +18,9 @@ whole pass (vision to the last token) minus the memory held before it (weights);
 splits it by phase (vision and selection, the timed prefill, generate). Each pass holds only what
 it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
 The model runs in the settings `python app.py` serves it with on this machine: decoding graph-recorded on a GPU and,
-for Qwen3-VL on a CUDA GPU, the vision tower compiled, warmed up on 32 frames and frozen (no compilation after that);
-`--vision eager` measures VideoQA's eager default instead.
+for Qwen3-VL on a CUDA GPU, the vision tower and (dense models) the LLM prefill's decoder layers compiled, warmed up
+on 32 frames and frozen (no compilation after that); `--vision eager --prefill eager` measures VideoQA's eager default
+instead.
 `--sizes tiny` runs the tiny offline model on the CPU: a smoke test of this script (CI runs it).
 """
 
@@ -253,7 +254,10 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
             cache = qa.graph_decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
         calls_cache = _device_calls(cuda)
         cache_kwarg = {} if cache is None else {cache_argument(model): cache}
-        out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, **cache_kwarg)
+        if qa.graph_decoder is not None and qa.decode_caches is None:  # as the decoder prefills (maybe compiled)
+            out = qa.graph_decoder.prefill(pass_inputs, cache)
+        else:
+            out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, **cache_kwarg)
         clock.mark("llm_prefill")
         del out
         phase_peaks["prefill"] = _phase_peak(cuda)
@@ -430,23 +434,29 @@ def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
 
 
 VISION_SETTINGS = ("app", "eager", "compiled")
+PREFILL_SETTINGS = ("app", "eager")
 
 
-def served_model(name: str, *, vision: str = "app", **options) -> VideoQA:
+def served_model(name: str, *, vision: str = "app", prefill: str = "app", **options) -> VideoQA:
     """`VideoQA.random_weights(name, **options)` with its vision tower as `vision` says: "app", as `python app.py`
     serves that model on this machine (for Qwen3-VL on a CUDA GPU compiled, warmed up on 32 frames and frozen by
     `catalogue.warm_up_for_serving`; eager otherwise); "eager"; "compiled" (compiled for any family, no warm-up, not
-    frozen). Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
+    frozen). `prefill` "app": the LLM prefill compiled where the app compiles (`compile_prefill`, with the vision
+    tower), "eager": not. Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
     if vision not in VISION_SETTINGS:
         raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
-    compiled = vision == "compiled" or (vision == "app" and catalogue.compiles_by_default(random_weights_id(name)))
+    if prefill not in PREFILL_SETTINGS:
+        raise ValueError(f"prefill must be one of {', '.join(PREFILL_SETTINGS)}, got {prefill!r}")
+    served = catalogue.compiles_by_default(random_weights_id(name))
+    compiled = vision == "compiled" or (vision == "app" and served)
     options.setdefault("compile_vision", compiled)
+    options.setdefault("compile_prefill", prefill == "app" and served)
     qa = VideoQA.random_weights(name, **options)
     if vision == "app":
         clip = synthetic_clip(catalogue.COMPILED_WARM_UP_FRAMES, 360, 640)  # the app's example clips are 640 x 360
         seconds = catalogue.warm_up_for_serving(qa, clip)
-        print(json.dumps({"warm_up_for_serving_s": round(seconds, 1), "vision_compiled": qa.vision_compiled}),
-              flush=True)  # fmt: skip
+        print(json.dumps({"warm_up_for_serving_s": round(seconds, 1), "vision_compiled": qa.vision_compiled,
+                          "prefill_compiled": qa.prefill_compiled}), flush=True)  # fmt: skip
     return qa
 
 
@@ -460,7 +470,8 @@ def _model(size: str, args) -> VideoQA:
                             vision_chunk_patches=args.vision_chunk_patches)  # fmt: skip
     budget = {"app": DEFAULT_MAX_PIXELS_PER_VIDEO, "none": None}[args.pixel_budget]
     vision = args.vision if args.compile_vision is None else "compiled"
-    return served_model(size, vision=vision, attn_implementation=args.attn, max_pixels_per_frame=1024 * 32 * 32,
+    return served_model(size, vision=vision, prefill=args.prefill, attn_implementation=args.attn,
+                        max_pixels_per_frame=1024 * 32 * 32,
                         max_pixels_per_video=budget, compile_decode=args.compile_decode,
                         vision_chunk_patches=args.vision_chunk_patches,
                         **({} if args.compile_vision is None else {"compile_vision": compile_vision}))  # fmt: skip
@@ -509,6 +520,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
                         help="the vision tower as the app serves it (default: compiled for Qwen3-VL on a GPU, warmed "
                         "up and frozen), eager (VideoQA's default), or compiled")  # fmt: skip
+    parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
+                        help="the LLM prefill as the app serves it (default: its decoder layers compiled for dense "
+                        "Qwen3-VL on a GPU, with the vision tower), or eager")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
@@ -552,6 +566,8 @@ def main(argv: list[str] | None = None) -> None:
         held = "one kept per method across passes" if args.keep_decode_caches else "a new one per pass"
         meta["decode"] = f"static caches ({held}, lengths rounded up to {args.cache_bucket}), compiled by generate"
     meta["vision"] = vision_setting(args)
+    meta["prefill"] = {"app": "as the app serves it: decoder layers compiled (dense Qwen3-VL, with the vision tower)",
+                       "eager": "eager"}[args.prefill]  # fmt: skip
     meta["vision_chunk_patches"] = args.vision_chunk_patches
     warmup_s = args.warmup_s if args.warmup_s is not None else (0.0 if tiny else 20.0)
     meta["order"] = (f"warm-up passes of every method for at least {warmup_s:g} s, then rounds running each method "
