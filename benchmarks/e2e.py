@@ -30,7 +30,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench import VISION_SETTINGS, served_model
+from benchmarks.bench import PREFILL_SETTINGS, VISION_SETTINGS, served_model
 from vcast import VCastConfig, read_video
 from vcast.pipeline import VideoQA, check_methods
 
@@ -108,11 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
                         help="the vision tower as the app serves it (default), eager, or compiled")
+    parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
+                        help="the LLM prefill as the app serves it (default: compiled for dense Qwen3-VL on a GPU), "
+                        "or eager")  # fmt: skip
     parser.add_argument("--out", default="results/e2e.json")
     args = parser.parse_args(argv)
     methods = check_methods(args.methods.split(","))
     width, height = (int(v) for v in args.size.split("x"))
-    qa = VideoQA.tiny() if args.model.startswith("tiny") else served_model(args.model, vision=args.vision)
+    qa = VideoQA.tiny() if args.model.startswith("tiny") else served_model(args.model, vision=args.vision,
+                                                                                       prefill=args.prefill)
     with tempfile.TemporaryDirectory() as folder:
         path = write_clip(Path(folder) / "clip.mp4", args.seconds, width, height)
         one_request(qa, path, args.frames, methods, 4)  # warm-up

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench import VISION_SETTINGS, served_model, synthetic_clip
+from benchmarks.bench import PREFILL_SETTINGS, VISION_SETTINGS, served_model, synthetic_clip
 from vcast.models.decode import DecodeCaches
 from vcast.pipeline import VideoQA
 
@@ -55,12 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
                         help="the vision tower as the app serves it (default: for Qwen3-VL on a GPU compiled, warmed "
                         "up on 32 frames and frozen, before the --warm answers), eager, or compiled")  # fmt: skip
+    parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
+                        help="the LLM prefill as the app serves it (default: compiled for dense Qwen3-VL on a GPU), "
+                        "or eager")  # fmt: skip
     parser.add_argument("--keep-caches", type=int, default=0)
     parser.add_argument("--vision-sdpa", default=None,
                         help="vision attention SDPA backends, e.g. cudnn,flash (default: the library's, no cuDNN)")
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args(argv)
-    qa = served_model(args.model, vision="compiled" if args.compile else args.vision, compile_decode=args.compile)
+    qa = served_model(args.model, vision="compiled" if args.compile else args.vision, prefill=args.prefill,
+                      compile_decode=args.compile)
     if args.compile and args.keep_caches:
         qa.decode_caches = DecodeCaches(qa.model, kept=args.keep_caches)
     if args.vision_sdpa:

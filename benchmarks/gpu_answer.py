@@ -28,7 +28,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench import VISION_SETTINGS, served_model, synthetic_clip
+from benchmarks.bench import PREFILL_SETTINGS, VISION_SETTINGS, served_model, synthetic_clip
 from vcast import VCastConfig
 from vcast.pipeline import FULL, VideoQA, check_methods
 
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
                         help="the vision tower as the app serves it (default), eager, or compiled")
+    parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
+                        help="the LLM prefill as the app serves it (default: compiled for dense Qwen3-VL on a GPU), "
+                        "or eager")  # fmt: skip
     parser.add_argument("--out", default="results/answer.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     rows = []
     for name in args.models.split(","):
-        qa = served_model(name, vision=args.vision)
+        qa = served_model(name, vision=args.vision, prefill=args.prefill)
         weights_mb = torch.cuda.memory_allocated() / 2**20
         for frames in (int(f) for f in args.frames.split(",")):
             rows.extend(measure(qa, frames, size, methods, args.runs, args.max_new_tokens, weights_mb))
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "date": date.today().isoformat(), "vision": args.vision,
+            "date": date.today().isoformat(), "vision": args.vision, "prefill": args.prefill,
             "command": "python benchmarks/gpu_answer.py " + " ".join(sys.argv[1:] if argv is None else argv),
             }  # fmt: skip
     print(json.dumps(meta))
