@@ -92,6 +92,8 @@ class Row:
     # this method's figure over unpruned's of the same round: the ratios' spread across rounds
     prefill_ratio_runs: list[float] | None = None
     decode_ratio_runs: list[float] | None = None
+    # the host's pace before each round's pass (host_pace_us): microseconds per small device operation
+    host_us_per_op_runs: list[float] | None = None
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -203,8 +205,29 @@ def pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
     return cache, own + displaced
 
 
+HOST_PACE_OPS = 256  # small device operations timed by host_pace_us
+
+
+def host_pace_us(device: torch.device) -> float:
+    """Microseconds the host takes per small device operation launched back to back (then waited for): how fast
+    this process's host runs right now. On a GPU each operation is far shorter than its launch, so this is the
+    host's pace, which launch-paced stages (selection, the compiled graphs' wrappers, a short prefill) follow: a
+    round whose host ran slow shows here rather than as an unexplained jump."""
+    cuda = device.type == "cuda"
+    x = torch.zeros(1, device=device)
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(HOST_PACE_OPS):
+        x.add_(1)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / HOST_PACE_OPS * 1e6
+
+
 def one_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) -> dict:
-    """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory.
+    """Vision, selection (V-CAST only), LLM prefill, then generation; returns times and memory, and the host's
+    pace just before the pass (`host_pace_us`).
 
     Python's garbage collector runs before the pass and is paused during it, as `timeit` does: a
     full collection over the compiler's many objects takes tens of milliseconds, and would land
@@ -213,7 +236,8 @@ def one_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) -> di
     gc.collect()
     gc.disable()
     try:
-        return measured_pass(qa, prompt, method, new_tokens)
+        pace = host_pace_us(qa.device)
+        return {**measured_pass(qa, prompt, method, new_tokens), "host_us_per_op": pace}
     finally:
         if was_enabled:
             gc.enable()
@@ -363,6 +387,7 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             prefill_ratio_runs=[_prefill(r) / _prefill(b) for r, b in zip(passes, base, strict=True)],
             decode_ratio_runs=[r["decode_tokens_per_s"] / b["decode_tokens_per_s"]
                                for r, b in zip(passes, base, strict=True)],
+            host_us_per_op_runs=_present(passes, "host_us_per_op") or None,
         ))  # fmt: skip
     return rows
 
@@ -398,8 +423,10 @@ def disagreements(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> list
         for name, runs in (("prefill", r.prefill_ratio_runs), ("decode", r.decode_ratio_runs)):
             if r.method != "unpruned" and runs and len(runs) > 1 and spread(runs) > tolerance:
                 where = f"{r.size} {r.frames} frames {r.method} R={r.retain_ratio:g}"
+                host = r.host_us_per_op_runs
+                pace = f" (host {min(host):.1f}-{max(host):.1f} us per launch)" if host else ""
                 lines.append(f"{where}: {name} ratio rounds {min(runs):.3f}-{max(runs):.3f}, "
-                             f"spread {spread(runs):.0%} > {tolerance:.0%}")  # fmt: skip
+                             f"spread {spread(runs):.0%} > {tolerance:.0%}{pace}")  # fmt: skip
     return lines
 
 

@@ -59,6 +59,7 @@ def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
             assert sum(stages) == pytest.approx(prefill)
         columns = [statistics.median(column) for column in zip(*r["stage_ms_runs"], strict=True)]
         assert columns == pytest.approx([r["vision_ms"], r["selection_ms"], r["llm_prefill_ms"]])
+        assert len(r["host_us_per_op_runs"]) == 2 and all(0 < pace < 10_000 for pace in r["host_us_per_op_runs"])
     table = capsys.readouterr().out
     assert "| tiny | 6, 128x96 | V-CAST R=0.25 | 9 |" in table
     for r in rows:  # each round's ratio to the unpruned pass of the same round
@@ -81,6 +82,9 @@ def test_ratios_whose_rounds_disagree_are_flagged_not_summarised():
                          prefill_ms=6, ttft_ms=7, decode_tokens_per_s=35, peak_above_weights_mb=None)  # fmt: skip
     flagged = bench.disagreements([unpruned, row], tolerance=0.10)
     assert flagged == ["8B 32 frames vcast R=0.25: prefill ratio rounds 0.500-0.660, spread 31% > 10%"]
+    row.host_us_per_op_runs = [6.9, 7.2, 11.8]  # each round's host pace: where it is known, the line says it
+    assert bench.disagreements([unpruned, row], tolerance=0.10) == [
+        "8B 32 frames vcast R=0.25: prefill ratio rounds 0.500-0.660, spread 31% > 10% (host 6.9-11.8 us per launch)"]
     table = bench.table([unpruned, row], tolerance=0.10)
     assert "0.520 [0.500-0.660] (rounds disagree)" in table and "1.41 [1.40-1.42] |" in table
 
