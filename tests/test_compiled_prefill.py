@@ -89,6 +89,15 @@ def test_compile_prefill_is_ignored_where_it_cannot_serve_the_model():
         assert not VideoQA.tiny(family=family, graph_decode=True, compile_prefill=True).prefill_compiled
 
 
+def test_a_server_freezes_the_prefill_with_the_vision_tower(pair):
+    """`catalogue.warm_up_for_serving` ends with `freeze_vision_compilation`, which freezes the compiled prefill too."""
+    plain, _ = pair
+    qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True, compile_prefill=True)
+    assert not qa.graph_decoder.compiled_prefill.frozen
+    qa.freeze_vision_compilation()
+    assert qa.graph_decoder.compiled_prefill.frozen
+
+
 def test_use_eager_prefill_undoes_it(pair):
     plain, _ = pair
     qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True, compile_prefill=True)
