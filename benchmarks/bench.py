@@ -423,7 +423,9 @@ def disagreements(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> list
         for name, runs in (("prefill", r.prefill_ratio_runs), ("decode", r.decode_ratio_runs)):
             if r.method != "unpruned" and runs and len(runs) > 1 and spread(runs) > tolerance:
                 where = f"{r.size} {r.frames} frames {r.method} R={r.retain_ratio:g}"
-                host = r.host_us_per_op_runs
+                base = next((u for u in rows if u.method == "unpruned" and (u.size, u.frames, u.height, u.width)
+                             == (r.size, r.frames, r.height, r.width)), None)  # fmt: skip
+                host = (r.host_us_per_op_runs or []) + ((base.host_us_per_op_runs or []) if base else [])
                 pace = f" (host {min(host):.1f}-{max(host):.1f} us per launch)" if host else ""
                 lines.append(f"{where}: {name} ratio rounds {min(runs):.3f}-{max(runs):.3f}, "
                              f"spread {spread(runs):.0%} > {tolerance:.0%}{pace}")  # fmt: skip
@@ -593,8 +595,7 @@ def main(argv: list[str] | None = None) -> None:
         held = "one kept per method across passes" if args.keep_decode_caches else "a new one per pass"
         meta["decode"] = f"static caches ({held}, lengths rounded up to {args.cache_bucket}), compiled by generate"
     meta["vision"] = vision_setting(args)
-    meta["prefill"] = {"app": "as the app serves it: decoder layers compiled (dense Qwen3-VL, with the vision tower)",
-                       "eager": "eager"}[args.prefill]  # fmt: skip
+    meta["prefill"] = "eager"  # filled in from the model: what ran, not what was asked
     meta["vision_chunk_patches"] = args.vision_chunk_patches
     warmup_s = args.warmup_s if args.warmup_s is not None else (0.0 if tiny else 20.0)
     meta["order"] = (f"warm-up passes of every method for at least {warmup_s:g} s, then rounds running each method "
@@ -603,6 +604,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     for size in sizes:
         qa = _model(size, args)
+        if qa.prefill_compiled:
+            how = "warmed up and frozen, as the app" if qa.graph_decoder.compiled_prefill.frozen else "not frozen"
+            meta["prefill"] = f"decoder layers compiled ({how})"
         if qa.decode_caches is not None:  # with --keep-decode-caches one per method: each round alternates all
             kept = 1 + len(methods) if args.keep_decode_caches else 0
             qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)

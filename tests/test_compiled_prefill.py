@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from transformers import StaticCache
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 
 from benchmarks.bench import synthetic_clip
@@ -36,10 +37,26 @@ def pair():
     return plain, compiled
 
 
+def _counted(prefill: CompiledPrefill) -> list[int]:
+    """Counts the calls of `prefill`'s compiled layers (one per layer and prefill that ran compiled)."""
+    count = [0]
+
+    def counting(call):
+        def run(*args, **kwargs):
+            count[0] += 1
+            return call(*args, **kwargs)
+
+        return run
+
+    prefill.calls = [counting(call) for call in prefill.calls]
+    return count
+
+
 def test_compiled_prefill_answers_as_generate_and_compiles_once_for_every_length(pair):
     plain, compiled = pair
     assert compiled.prefill_compiled and isinstance(compiled.graph_decoder.caches.get(8), PrefillCache)
-    graphs = []
+    prefill = compiled.graph_decoder.compiled_prefill
+    calls, before, graphs = _counted(prefill), _graphs(), []
     for frames, height, width in [(8, 64, 96), (12, 96, 64), (6, 64, 64)]:
         clip = synthetic_clip(frames, height, width)
         expected = plain.answer(clip, QUESTION, methods=["vcast", "evs"], max_new_tokens=10)
@@ -49,9 +66,24 @@ def test_compiled_prefill_answers_as_generate_and_compiles_once_for_every_length
         assert got.full.token_ids == expected.full.token_ids
         graphs.append(_graphs())
     lengths = {got.passes["vcast"].metrics.sequence_length, got.full.metrics.sequence_length}
-    assert len(lengths) == 2 and graphs[0] > 0
-    # three video sizes, two methods and an unpruned pass each: nine prompt lengths, no graph after the first video's
-    assert graphs[1] == graphs[2] == graphs[0]
+    assert len(lengths) == 2
+    # every layer of every prefill ran compiled (three passes of three videos), and no decode step did
+    assert calls[0] == len(prefill.layers) * 3 * 3
+    # nine prompt lengths: graphs compiled for the first video's, none after
+    assert graphs[0] > before and graphs[1] == graphs[2] == graphs[0]
+
+
+def test_a_prefill_into_another_cache_runs_eagerly(pair):
+    """Only a PrefillCache keeps the cache update out of the graphs; traced, another cache would compile a graph
+    per layer. The decoder runs such a prefill eagerly."""
+    _, compiled = pair
+    decoder = compiled.graph_decoder
+    calls, before = _counted(decoder.compiled_prefill), _graphs()
+    prepared = compiled.prepare(synthetic_clip(8, 64, 96), QUESTION)
+    inputs = compiled.pass_inputs(prepared)
+    with torch.inference_mode():
+        decoder.prefill(inputs, StaticCache(config=decoder.caches.text_config, max_cache_len=inputs.input_ids.shape[1]))
+    assert calls[0] == 0 and _graphs() == before
 
 
 def test_once_frozen_a_shape_no_graph_serves_runs_eagerly_instead_of_compiling(pair):
@@ -78,7 +110,7 @@ def test_once_frozen_a_shape_no_graph_serves_runs_eagerly_instead_of_compiling(p
         assert _graphs() > before  # unfrozen, the same call compiles
 
 
-def test_compile_prefill_is_ignored_where_it_cannot_serve_the_model():
+def test_compile_prefill_is_ignored_where_it_cannot_serve_the_model(monkeypatch):
     moe = VideoQA.tiny(moe=True, graph_decode=True, compile_prefill=True)
     assert not moe.prefill_compiled
     assert "Qwen3VLMoeTextDecoderLayer" in compiled_prefill_unsupported(moe.model)
@@ -87,10 +119,14 @@ def test_compile_prefill_is_ignored_where_it_cannot_serve_the_model():
     assert not VideoQA.tiny(graph_decode=False, compile_prefill=True).prefill_compiled  # no graph decoder
     for family in ("qwen2_5_vl", "llava_onevision"):
         assert not VideoQA.tiny(family=family, graph_decode=True, compile_prefill=True).prefill_compiled
+    # a model spread over several devices (or offloaded) decodes through generate: no prefill of the decoder's runs
+    monkeypatch.setattr("vcast.models.graph_decode._single_device", lambda model: None)
+    assert not VideoQA.tiny(graph_decode=True, compile_prefill=True).prefill_compiled
 
 
 def test_a_server_freezes_the_prefill_with_the_vision_tower(pair):
-    """`catalogue.warm_up_for_serving` ends with `freeze_vision_compilation`, which freezes the compiled prefill too."""
+    """`catalogue.warm_up_for_serving` ends with `freeze_vision_compilation` (tests/test_catalogue.py), which freezes
+    the compiled prefill too."""
     plain, _ = pair
     qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True, compile_prefill=True)
     assert not qa.graph_decoder.compiled_prefill.frozen
@@ -105,12 +141,13 @@ def test_use_eager_prefill_undoes_it(pair):
     assert not qa.prefill_compiled and type(qa.graph_decoder.caches.get(8)).__name__ == "StaticCache"
 
 
-def test_deepstack_by_index_adds_exactly_what_transformers_boolean_indexing_adds():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_deepstack_by_index_adds_exactly_what_transformers_boolean_indexing_adds(device):
     torch.manual_seed(0)
-    hidden = torch.randn(1, 40, 16, dtype=torch.bfloat16)
-    mask = torch.zeros(1, 40, dtype=torch.bool)
+    hidden = torch.randn(1, 40, 16, dtype=torch.bfloat16, device=device)
+    mask = torch.zeros(1, 40, dtype=torch.bool, device=device)
     mask[0, [3, 4, 5, 17, 30, 31, 39]] = True
-    embeds = torch.randn(7, 16)
+    embeds = torch.randn(7, 16, device=device)
     expected = modeling_qwen3_vl.Qwen3VLTextModel._deepstack_process(None, hidden, mask, embeds)
     got = _deepstack_by_index(None, hidden, mask, embeds)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)

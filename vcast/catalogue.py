@@ -134,8 +134,9 @@ def family_of(model_id: str) -> str | None:
 
 
 def compiles_by_default(model_id: str, *, zero_gpu: bool = False) -> bool:
-    """Whether a server compiles `model_id`'s vision tower unless told otherwise: a model of a family in
-    COMPILED_VISION_FAMILIES (`family_of`) on a dedicated CUDA GPU (not ZeroGPU, which lends a GPU per call)."""
+    """Whether a server compiles `model_id` unless told otherwise (its vision tower, and its LLM prefill where
+    `compile_prefill` serves the model): a model of a family in COMPILED_VISION_FAMILIES (`family_of`) on a dedicated
+    CUDA GPU (not ZeroGPU, which lends a GPU per call)."""
     return family_of(model_id) in COMPILED_VISION_FAMILIES and not zero_gpu and torch.cuda.is_available()
 
 

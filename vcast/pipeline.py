@@ -390,7 +390,7 @@ class VideoQA:
         compile_prefill: torch.compile the language model's decoder layers for the graph decoder's LLM
         prefill (`vcast.models.compiled_prefill`: one graph pair for every layer and prompt length; the
         first prefill compiles); decode steps stay recorded. Only with the graph decoder and decoder layers
-        it serves (dense Qwen3-VL); ignored elsewhere (`prefill_compiled` says whether it is on).
+        it serves (dense Qwen3-VL) on one device; ignored elsewhere (`prefill_compiled` says whether it is on).
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         Raises ValueError naming the supported families for a model of another family.
         """
@@ -404,7 +404,8 @@ class VideoQA:
         if graph_decode is None:
             graph_decode = model.device.type == "cuda"
         self.graph_decoder = GraphDecoder(model) if graph_decode and not compile_decode else None
-        if compile_prefill and self.graph_decoder is not None and compiled_prefill_unsupported(model) is None:
+        serves = self.graph_decoder is not None and self.graph_decoder.device is not None  # one device: it prefills
+        if compile_prefill and serves and compiled_prefill_unsupported(model) is None:
             self.graph_decoder.compile_prefill()
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches

@@ -79,10 +79,11 @@ class CompiledPrefill:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """The layers run compiled inside this block (the prefill must write into a `PrefillCache`)."""
-        stance = torch.compiler.set_stance("eager_on_recompile") if self.frozen else contextlib.nullcontext()
         for layer, call in zip(self.layers, self.calls, strict=True):
             layer._compiled_call_impl = call
         try:
+            # set_stance switches the process's stance when called: made inside the try, undone by its with
+            stance = torch.compiler.set_stance("eager_on_recompile") if self.frozen else contextlib.nullcontext()
             # Integer attributes of the layers (their index) stay symbolic instead of specialising a graph each.
             with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True), stance:
                 yield
@@ -94,7 +95,10 @@ class CompiledPrefill:
 def _deepstack_by_index(self, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
                         visual_embeds: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """transformers' `_deepstack_process` (hidden[mask] += embeds) with the mask's indices found on the device:
-    no host wait. The same additions, one per visual position."""
+    no host wait. The same additions, one per visual position. Relies on the mask holding exactly
+    `len(visual_embeds)` positions (transformers checks it raising on the host; here a shortfall would index
+    -1): the deepstack layers are sliced with the same selection as the visual tokens, whose count transformers'
+    `get_placeholder_mask` checks against the prompt's placeholders before any layer runs."""
     visual_embeds = visual_embeds.to(hidden_states.device, hidden_states.dtype)
     mask = visual_pos_masks.to(hidden_states.device).reshape(-1)
     found = torch.nonzero_static(mask, size=visual_embeds.shape[0]).view(-1)

@@ -19,7 +19,8 @@ A step went from 2494 to 1505 kernels: 94 -> 125 tokens/s for V-CAST at 32 frame
 unpruned pass at 128 frames.
 
 Both act only inside `FastDecodeStep.active(...)`, i.e. in the decode steps of `GraphDecoder`: the
-prefill, `generate` and the vision tower run transformers' code unchanged. Token for token, the
+prefill, `generate` and the vision tower run transformers' norms and attention (the graph decoder's
+prefill may run its layers compiled, `vcast.models.compiled_prefill`). Token for token, the
 step with these kernels matches `generate` on every tiny family (tests/test_graph_decode.py: float32 on
 the CPU, where the attention is SDPA with a mask made from the counter, and bfloat16 flash attention on
 a GPU).

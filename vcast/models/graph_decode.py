@@ -4,7 +4,8 @@ With transformers' `generate` and its dynamic cache, a decode step of an 8B mode
 thousand small kernels launched one by one from Python: the host sets the pace (20-40 tokens/s on
 an H200, the same for every cache length), so V-CAST's 3-4x shorter KV cache never shows. Here
 each pass gets a static KV cache (`DecodeCaches`: its prompt plus new tokens, rounded up to 64
-slots), the LLM prefill runs as usual, and the decode step (forward, next-token choice, position
+slots), the LLM prefill runs as one forward (its decoder layers compiled after `compile_prefill`,
+`vcast.models.compiled_prefill`), and the decode step (forward, next-token choice, position
 and counter updates) is recorded once as a CUDA graph and replayed for every further token. No
 compilation: the graph holds the same eager kernels, recorded in one step's time (tens of
 milliseconds), per pass, so any video length works at once and nothing accumulates across requests.
@@ -147,7 +148,9 @@ class GraphDecoder:
     `generate`, and the fallback where recording fails. After a recording failure the decoder stays
     eager for the rest of its life and says why in `failure`.
     `fast_kernels` (default: on where the model sits on a GPU) gives the step flash attention over the
-    cache's filled slots and fused RMSNorms (`vcast.models.decode_kernels`); the prefill is unchanged.
+    cache's filled slots and fused RMSNorms (`vcast.models.decode_kernels`), and gives the model (every
+    forward of it, from here on) deepstack's additions without host waits (`deepstack_without_waits`: the
+    same sums). `compile_prefill` compiles the prefill's decoder layers.
     """
 
     def __init__(self, model, *, graphs: bool = True, caches: DecodeCaches | None = None,
@@ -176,25 +179,29 @@ class GraphDecoder:
 
     def compile_prefill(self) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
-        ValueError for a model it does not serve). The first prefills compile."""
+        ValueError for a model it does not serve). The first prefills compile. Kept caches are dropped: from now
+        on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with."""
         self.compiled_prefill = CompiledPrefill(self.model)
         self.caches.cache_class = PrefillCache
+        self.caches.clear()
 
     def use_eager_prefill(self) -> None:
         """Undo `compile_prefill`."""
         self.compiled_prefill = None
         self.caches.cache_class = StaticCache
+        self.caches.clear()
 
     def prefill(self, pass_inputs: PassInputs, cache, *, logits_to_keep: int | None = 1):
         """The LLM prefill of one pass into `cache` (from `self.caches`): the model's output, with generation's
-        attention backends (`generation_attention`). Compiled where `compile_prefill` was called."""
+        attention backends (`generation_attention`). Compiled where `compile_prefill` was called and `cache` is a
+        `PrefillCache` (with another cache, traced, each layer's index would compile a graph of its own: eager)."""
         kwargs = dict(pass_inputs.generate_kwargs(), use_cache=True, **{self._cache_keyword: cache})
         if self._takes_logits_to_keep and logits_to_keep is not None:
             kwargs["logits_to_keep"] = logits_to_keep
         if self._takes_cache_position:
             kwargs["cache_position"] = torch.arange(int(pass_inputs.input_ids.shape[1]),
                                                     device=pass_inputs.input_ids.device)  # fmt: skip
-        compiled = self.compiled_prefill
+        compiled = self.compiled_prefill if isinstance(cache, PrefillCache) else None
         layers = compiled.active() if compiled is not None else contextlib.nullcontext()
         with generation_attention(pass_inputs.input_ids.device), layers:
             return self.model(**kwargs)
