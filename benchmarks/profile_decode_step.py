@@ -1,15 +1,18 @@
 """The graph decoder's step with and without its fused kernels: tokens/s, tokens, and where a step's time goes.
 
     python benchmarks/profile_decode_step.py [--model 8B] [--videos 32x448x448,128x352x640]
+                                             [--decoders plain,fused,compiled]
                                              [--tokens 64] [--runs 3] [--profile] [--out FILE]
 
 For each video (the app's pixel budget), V-CAST R = 0.25 and unpruned passes are prefilled and then
-decoded greedily for `--tokens` tokens by two GraphDecoders on the same model: "plain" (transformers'
-kernels: SDPA over the whole static cache with a mask, RMSNorm as separate kernels) and "fused"
-(`vcast.models.decode_kernels`: flash attention over the filled slots, fused RMSNorm), interleaved for
-`--runs` rounds. Reports decode tokens/s after the first token (median and every round), and whether
-each decoder's tokens equal `generate`'s. `--profile` adds the CUDA kernels of three eager steps of
-each decoder (count and time per step, by kernel name) for the first video's V-CAST pass.
+decoded greedily for `--tokens` tokens by GraphDecoders on the same model: "plain" (transformers'
+kernels: SDPA over the whole static cache with a mask, RMSNorm as separate kernels), "fused"
+(`vcast.models.decode_kernels`: flash attention over the filled slots, fused RMSNorm) and "compiled"
+(fused, and the decoder layers through torch.compile in the prefill and in the recorded step:
+`GraphDecoder.compile_prefill(steps=True)`; its first pass compiles), interleaved for `--runs` rounds.
+Reports decode tokens/s after the first token (median and every round), and whether each
+decoder's tokens equal `generate`'s. `--profile` adds the CUDA kernels of three eager steps of each
+decoder (count and time per step, by kernel name) for the first video's V-CAST pass.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def kernel_table(decoder: GraphDecoder, pass_inputs, steps: int = 3) -> list[dic
     from torch.profiler import ProfilerActivity, profile
 
     eager = GraphDecoder(decoder.model, graphs=False, caches=decoder.caches, fast_kernels=decoder.fast is not None)
+    eager.compiled_prefill, eager.compiled_steps = decoder.compiled_prefill, decoder.compiled_steps
     counted = {"n": 0}
     prof = profile(activities=[ProfilerActivity.CUDA])
 
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--model", default="8B")
     parser.add_argument("--videos", default="32x448x448,128x352x640")
+    parser.add_argument("--decoders", default="plain,fused,compiled")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
@@ -103,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     qa = VideoQA.random_weights(args.model)
-    decoders = {"plain": GraphDecoder(qa.model, fast_kernels=False), "fused": GraphDecoder(qa.model, fast_kernels=True)}
+    decoders = {name: GraphDecoder(qa.model, fast_kernels=name != "plain") for name in args.decoders.split(",")}
+    if "compiled" in decoders:
+        decoders["compiled"].compile_prefill(steps=True)
     report = {"date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "python": platform.python_version(),
               "model": qa.model_id, "flash_route": decode_kernels._ROUTE, "fused_norms": fused_norms(qa.model),
@@ -121,9 +128,10 @@ def main(argv: list[str] | None = None) -> None:
             for name, decoder in decoders.items():  # warm-up: records the step once, compares tokens
                 _, seen[name] = decode_rate(decoder, pass_inputs, args.tokens)
                 same[name] = seen[name] == reference
-            # random weights give near-tied logits: how many leading tokens two decoders share
-            agree = next((i for i, (a, b) in enumerate(zip(seen["plain"], seen["fused"], strict=True)) if a != b),
-                         args.tokens)  # fmt: skip
+            # random weights give near-tied logits: how many leading tokens each decoder shares with the first
+            first = next(iter(seen.values()))
+            agree = {name: next((i for i, (a, b) in enumerate(zip(first, tokens, strict=True)) if a != b), args.tokens)
+                     for name, tokens in seen.items()}  # fmt: skip
             for _ in range(args.runs):
                 for name, decoder in decoders.items():
                     rates[name].append(decode_rate(decoder, pass_inputs, args.tokens)[0])
@@ -131,8 +139,10 @@ def main(argv: list[str] | None = None) -> None:
                    **{f"{n}_tok_s": statistics.median(r) for n, r in rates.items()},
                    **{f"{n}_rounds": [round(x, 1) for x in r] for n, r in rates.items()},
                    **{f"{n}_equals_generate": s for n, s in same.items()}}  # fmt: skip
-            row["fused_over_plain"] = row["fused_tok_s"] / row["plain_tok_s"]
-            row["leading_tokens_plain_and_fused_share"] = agree
+            for faster, slower in (("fused", "plain"), ("compiled", "fused")):
+                if faster in rates and slower in rates:
+                    row[f"{faster}_over_{slower}"] = row[f"{faster}_tok_s"] / row[f"{slower}_tok_s"]
+            row["leading_tokens_shared_with_the_first_decoder"] = agree
             report["results"].append(row)
             print(json.dumps(row), flush=True)
             if args.profile and spec == args.videos.split(",")[0] and method == "vcast":

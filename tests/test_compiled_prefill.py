@@ -180,3 +180,34 @@ def test_in_bfloat16_the_compiled_prefill_gives_the_eager_prefills_logits_up_to_
         # mean size 2.55 differ by 0.016 on average (0.6%) and by at most 0.075 (H200) / 0.125 (CPU).
         torch.testing.assert_close(logits[1], logits[0], rtol=0.05, atol=0.25)
         assert (logits[1] - logits[0]).abs().mean() < 0.02 * logits[0].abs().mean()
+
+
+# -- the decode steps through the same compiled layers (`compile_prefill(steps=True)`) ------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_compiled_steps_give_generates_tokens_and_every_step_runs_compiled(device):
+    """On the CPU the steps run eagerly through the compiled layers; on a GPU they are recorded as CUDA graphs
+    of Inductor's kernels (the decoder says "cuda_graphs": recording them did not fail)."""
+    plain = VideoQA.tiny(graph_decode=False)
+    plain.model.to(device)
+    qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True)
+    qa.graph_decoder = GraphDecoder(plain.model, fast_kernels=True)  # flash / masked attention over filled slots
+    qa.graph_decoder.compile_prefill(steps=True)
+    prefill = qa.graph_decoder.compiled_prefill
+    tokens, graphs = 10, []
+    for frames, height, width in [(8, 64, 96), (12, 96, 64)]:
+        clip = synthetic_clip(frames, height, width)
+        calls = _counted(prefill)
+        expected = plain.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=tokens, min_new_tokens=tokens)
+        got = qa.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=tokens, min_new_tokens=tokens)
+        assert got.passes["vcast"].token_ids == expected.passes["vcast"].token_ids
+        assert got.full.token_ids == expected.full.token_ids
+        expected_decoding = "cuda_graphs" if device == "cuda" else "eager_loop"
+        assert got.full.metrics.decoding == expected_decoding, qa.graph_decoder.failure
+        if device == "cpu":  # two passes, each a prefill and nine steps, every one through the compiled layers
+            assert calls[0] == len(prefill.layers) * 2 * tokens
+        else:  # the steps after the first one of each pass replay a recording: the layers are called while recording
+            assert calls[0] >= len(prefill.layers) * 2 * 2
+        graphs.append(_graphs())
+    assert graphs[1] == graphs[0]  # new prompt and cache lengths: no new graph

@@ -104,6 +104,7 @@ def _masked_over_filled(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     return out.transpose(1, 2)  # (1, 1, Hq, D)
 
 
+@torch.compiler.disable  # in compiled decoder layers (`GraphDecoder.compile_prefill(steps=True)`): run as it is
 def decode_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0,
                      scaling: float | None = None, **kwargs):  # fmt: skip
     """transformers attention function for the decode step (one query over a static cache)."""

@@ -165,6 +165,7 @@ class GraphDecoder:
         if self.fast is not None:
             deepstack_without_waits(model)  # the prefill's host no longer waits in the first layers
         self.compiled_prefill: CompiledPrefill | None = None
+        self.compiled_steps = False  # the decode steps also run the compiled layers (`compile_prefill(steps=True)`)
         self.failure: str | None = None
         self._cache_keyword = cache_argument(model)
         parameters = inspect.signature(model.forward).parameters
@@ -177,17 +178,21 @@ class GraphDecoder:
         self._last_graph: torch.cuda.CUDAGraph | None = None
         self._warmed = False  # the first pass runs one step eagerly on the recording stream first
 
-    def compile_prefill(self) -> None:
+    def compile_prefill(self, *, steps: bool = False) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
         ValueError for a model it does not serve). The first prefills compile. Kept caches are dropped: from now
-        on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with."""
+        on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with.
+        `steps`: the decode step runs the same compiled layers too (one more graph set, for one-token inputs,
+        compiled by the first step; the recorded step then replays Inductor's fused kernels)."""
         self.compiled_prefill = CompiledPrefill(self.model)
+        self.compiled_steps = steps
         self.caches.cache_class = PrefillCache
         self.caches.clear()
 
     def use_eager_prefill(self) -> None:
         """Undo `compile_prefill`."""
         self.compiled_prefill = None
+        self.compiled_steps = False
         self.caches.cache_class = StaticCache
         self.caches.clear()
 
@@ -261,9 +266,11 @@ class GraphDecoder:
             filled = FilledSlots(length + 1, slots, ids.device)  # the prompt and the step's own token
             kernels = functools.partial(self.fast.active, filled)
             counters.append(filled.used)
+        compiled = self.compiled_prefill if self.compiled_steps and isinstance(cache, PrefillCache) else None
+        layers = compiled.active if compiled is not None else contextlib.nullcontext
 
         def step() -> None:
-            with kernels():
+            with kernels(), layers():
                 logits = self.model(**step_inputs).logits
             ids.copy_(pick(logits[:, -1, :]).view(1, 1))
             for counter in counters:
