@@ -94,6 +94,7 @@ class Row:
     decode_ratio_runs: list[float] | None = None
     # the host's pace before each round's pass (host_pace_us): microseconds per small device operation
     host_us_per_op_runs: list[float] | None = None
+    decoding_runs: list[str] | None = None  # how each round decoded ("cuda_graphs", "eager_loop", "generate")
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -388,6 +389,7 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
             decode_ratio_runs=[r["decode_tokens_per_s"] / b["decode_tokens_per_s"]
                                for r, b in zip(passes, base, strict=True)],
             host_us_per_op_runs=_present(passes, "host_us_per_op") or None,
+            decoding_runs=_present(passes, "decoding") or None,
         ))  # fmt: skip
     return rows
 
@@ -614,6 +616,9 @@ def main(argv: list[str] | None = None) -> None:
             video_rows = measure_video(qa, size, frames, height, width, methods, args.runs, args.new_tokens,
                                        warmup_s)  # fmt: skip
             rows.extend(video_rows)
+            if qa.graph_decoder is not None and qa.graph_decoder.failure is not None:  # say it, not only in the log
+                meta[f"graph_decoder_failure_{size}"] = qa.graph_decoder.failure
+                print(f"graph decoder: recording failed, decoding eagerly ({qa.graph_decoder.failure})", flush=True)
             print("\n".join(table(video_rows, args.tolerance).splitlines()[2:]), flush=True)
         del qa
         if torch.cuda.is_available():

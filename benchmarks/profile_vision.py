@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.bench import synthetic_clip
 from vcast.models.vision_attention import use_batched_vision_attention
-from vcast.models.vision_fast import use_fused_vision_attention, use_linear_patch_embed
+from vcast.models.vision_fast import LinearPatchEmbed, use_fused_vision_attention, use_linear_patch_embed
 from vcast.pipeline import VideoQA
 
 # name -> (torch.compile kwargs or None for eager, patches per chunk, vcast.models.vision_fast paths on,
@@ -104,9 +104,9 @@ def linear_flops(visual, patches: int, merged: int) -> float:
     2 * rows * in * out for every Linear (and the patch embedding), attention's products left out."""
     flops = 0.0
     for name, module in visual.named_modules():
-        weight = getattr(module, "weight", None)
-        if weight is None or weight.dim() < 2 or "norm" in name:
+        if not isinstance(module, torch.nn.Linear | torch.nn.Conv3d | LinearPatchEmbed):  # not the position table
             continue
+        weight = module.weight
         rows = merged if "merger" in name else patches
         flops += 2.0 * rows * weight[0].numel() * weight.shape[0]
     return flops

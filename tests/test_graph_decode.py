@@ -252,6 +252,30 @@ def test_a_failed_recording_falls_back_to_eager_steps_with_the_same_tokens(clip,
     assert graphed.graph_decoder.failure == "RuntimeError: recording refused for the test"
 
 
+@CUDA
+def test_after_the_first_pass_the_step_is_recorded_before_the_first_token_reaches_the_host(clip, monkeypatch):
+    """Recording is host work: done while the GPU still runs the prefill, it is not in the decode's time."""
+    _, graphed = _pair("qwen3_vl", "cuda")
+    decoder = graphed.graph_decoder
+    prepared = graphed.prepare(clip, QUESTION)
+    inputs = graphed.pass_inputs(prepared)
+    events: list[str] = []
+    record = decoder._record
+    monkeypatch.setattr(decoder, "_record", lambda step: events.append("record") or record(step))
+
+    def on_token(token_id: int) -> bool:
+        events.append("token")
+        return False
+
+    with torch.inference_mode():
+        for _ in range(2):  # the decoder's first pass runs its first step eagerly, after the first token
+            events.clear()
+            decoder.run(inputs, max_new_tokens=6, generation_kwargs={"min_new_tokens": 6}, on_token=on_token,
+                        stop_ids=set())  # fmt: skip
+    assert events == ["record"] + ["token"] * 6
+    assert decoder.failure is None
+
+
 def test_graph_decoder_refuses_a_pass_it_cannot_reproduce():
     decoder = GraphDecoder(VideoQA.tiny().model)
     with pytest.raises(ValueError, match="cannot decode this pass: generation options num_beams need generate"):

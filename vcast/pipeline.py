@@ -341,6 +341,8 @@ def tiny_family(model_id: str) -> str | None:
 
 DEFAULT_VISION_SDPA = ("flash", "efficient", "math")  # the vision attention's backends on a GPU (no cuDNN)
 DEFAULT_MAX_PIXELS_PER_VIDEO = 16384 * 32 * 32  # the processor's pixel budget over a clip: 16384 merged tokens
+# `compile_prefill` also runs the decode steps through the compiled layers (GraphDecoder.compile_prefill(steps=...)).
+COMPILED_STEPS = True
 
 
 class VideoQA:
@@ -388,8 +390,9 @@ class VideoQA:
         generation options it does not reproduce (beams, repetition penalties, ...) use generate.
         Ignored when compile_decode is set.
         compile_prefill: torch.compile the language model's decoder layers for the graph decoder's LLM
-        prefill (`vcast.models.compiled_prefill`: one graph pair for every layer and prompt length; the
-        first prefill compiles); decode steps stay recorded. Only with the graph decoder and decoder layers
+        prefill and decode steps (`vcast.models.compiled_prefill`: one graph set for every layer and prompt
+        length, one for the one-token steps, which are then recorded as CUDA graphs of Inductor's kernels; the
+        first answer compiles). Only with the graph decoder and decoder layers
         it serves (dense Qwen3-VL) on one device; ignored elsewhere (`prefill_compiled` says whether it is on).
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         Raises ValueError naming the supported families for a model of another family.
@@ -406,7 +409,7 @@ class VideoQA:
         self.graph_decoder = GraphDecoder(model) if graph_decode and not compile_decode else None
         serves = self.graph_decoder is not None and self.graph_decoder.device is not None  # one device: it prefills
         if compile_prefill and serves and compiled_prefill_unsupported(model) is None:
-            self.graph_decoder.compile_prefill()
+            self.graph_decoder.compile_prefill(steps=COMPILED_STEPS)
         self.model, self.processor, self.model_id = model, processor, model_id
         self.vision_chunk_patches = vision_chunk_patches
         # SDPA backends for the vision tower's attention on a GPU, by name ("flash", "efficient", "cudnn",

@@ -6,11 +6,13 @@ an H200, the same for every cache length), so V-CAST's 3-4x shorter KV cache nev
 each pass gets a static KV cache (`DecodeCaches`: its prompt plus new tokens, rounded up to 64
 slots), the LLM prefill runs as one forward (its decoder layers compiled after `compile_prefill`,
 `vcast.models.compiled_prefill`), and the decode step (forward, next-token choice, position
-and counter updates) is recorded once as a CUDA graph and replayed for every further token. No
-compilation: the graph holds the same eager kernels, recorded in one step's time (tens of
-milliseconds), per pass, so any video length works at once and nothing accumulates across requests.
-The host launches the next replay before it reads the previous token, so the GPU never waits for
-Python (one step may run past the end of the answer and is discarded).
+and counter updates) is recorded once as a CUDA graph and replayed for every further token. The graph
+holds the step's eager kernels, or with `compile_prefill(steps=True)` the compiled layers' fused ones
+(`vcast.models.compiled_prefill`, compiled once for every length). It is recorded per pass, while the
+GPU still runs that pass's prefill (recording is host work only), so any video length works at once
+and nothing accumulates across requests. The host launches the next replay before it reads the
+previous token, so the GPU never waits for Python (one step may run past the end of the answer and
+is discarded).
 
 What it reproduces of `generate`: greedy decoding (the library's default; token for token the same
 as `generate`, tested) and sampling with temperature / top-k / top-p (the same distributions,
@@ -248,10 +250,12 @@ class GraphDecoder:
         logits = self.prefill(pass_inputs, cache).logits
         token = pick(logits[:, -1, :])
         del logits
-        first = int(token)  # the first token on the host: the end of the prefill
-        if on_token(first) or first in stop_ids or max_new_tokens == 1:
+        steps = max_new_tokens - 1
+        if steps == 0:
+            on_token(int(token))
             return
-        # The step's inputs live in fixed buffers that the recorded graph reads and updates in place.
+        # The step's inputs live in fixed buffers that the recorded graph reads and updates in place (queued after
+        # the prefill: nothing here waits for it).
         ids = token.view(1, 1).clone()
         positions = (pass_inputs.position_ids[..., -1:] + 1).contiguous()  # every row: last prompt position + 1
         step_inputs = {"input_ids": ids, "position_ids": positions,
@@ -276,18 +280,22 @@ class GraphDecoder:
             for counter in counters:
                 counter.add_(1)
 
-        steps = max_new_tokens - 1
-        if ids.device.type != "cuda":
-            for _ in range(steps):
-                step()
-                token_id = int(ids)
-                if on_token(token_id) or token_id in stop_ids:
-                    return
+        if ids.device.type == "cuda":
+            self._decode_on_gpu(step, ids, token, steps, on_token, stop_ids)
             return
-        self._decode_on_gpu(step, ids, steps, on_token, stop_ids)
+        first = int(token)
+        if on_token(first) or first in stop_ids:
+            return
+        for _ in range(steps):
+            step()
+            token_id = int(ids)
+            if on_token(token_id) or token_id in stop_ids:
+                return
 
-    def _decode_on_gpu(self, step: Callable[[], None], ids: torch.Tensor, steps: int,
+    def _decode_on_gpu(self, step: Callable[[], None], ids: torch.Tensor, first_token: torch.Tensor, steps: int,
                        on_token: Callable[[int], bool], stop_ids: set[int]) -> None:  # fmt: skip
+        """The first token, then up to `steps` more. The step is recorded while the GPU still runs the prefill (the
+        recording is host work only), so it costs no time of its own unless the host is slower than the prefill."""
         host = torch.empty(steps, dtype=ids.dtype, pin_memory=True)
         done = [torch.cuda.Event() for _ in range(steps)]
         run_step, graph, launched = step, None, 0
@@ -300,19 +308,25 @@ class GraphDecoder:
             launched += 1
 
         try:
-            if self.graphs and self.failure is None:
-                if not self._warmed:
-                    # State set up lazily (cuBLAS's workspace for a stream) must exist before a recording:
-                    # the decoder's first step runs eagerly on the recording stream.
-                    stream = self._recording_stream()
-                    stream.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(stream):
-                        launch()
-                    torch.cuda.current_stream().wait_stream(stream)
-                    self._warmed = True
+            recording = self.graphs and self.failure is None
+            if recording and self._warmed:
+                graph = self._record(step)
+            first = int(first_token)  # the first token on the host: the end of the prefill
+            if on_token(first) or first in stop_ids:
+                return
+            if recording and not self._warmed:
+                # State set up lazily (cuBLAS's workspace for a stream) must exist before a recording:
+                # the decoder's first step runs eagerly on the recording stream, then the step is recorded.
+                stream = self._recording_stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    launch()
+                torch.cuda.current_stream().wait_stream(stream)
+                self._warmed = True
                 if launched < steps:
                     graph = self._record(step)
-                    run_step = step if graph is None else graph.replay
+            if graph is not None:
+                run_step = graph.replay
             if launched == 0:
                 launch()
             for i in range(steps):
@@ -339,7 +353,13 @@ class GraphDecoder:
         graph = torch.cuda.CUDAGraph()
         stream.wait_stream(torch.cuda.current_stream())
         try:
-            with torch.cuda.stream(stream):
+            # Compiled steps: nothing compiles while recording (compiling runs and times kernels, which a recording
+            # forbids); a step whose shapes no compiled graph serves records its layers' eager kernels instead.
+            # (set_stance switches the stance when called: made inside the try, undone by its with.)
+            stance = contextlib.nullcontext()
+            if self.compiled_steps:
+                stance = torch.compiler.set_stance("eager_on_recompile")
+            with torch.cuda.stream(stream), stance:
                 graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
                 try:
                     step()
