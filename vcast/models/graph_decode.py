@@ -8,11 +8,10 @@ slots), the LLM prefill runs as one forward (its decoder layers compiled after `
 `vcast.models.compiled_prefill`), and the decode step (forward, next-token choice, position
 and counter updates) is recorded once as a CUDA graph and replayed for every further token. The graph
 holds the step's eager kernels, or with `compile_prefill(steps=True)` the compiled layers' fused ones
-(`vcast.models.compiled_prefill`, compiled once for every length). It is recorded per pass, while the
-GPU still runs that pass's prefill (recording is host work only), so any video length works at once
-and nothing accumulates across requests. The host launches the next replay before it reads the
-previous token, so the GPU never waits for Python (one step may run past the end of the answer and
-is discarded).
+(`vcast.models.compiled_prefill`, compiled once for every length). It is recorded per pass, after the
+first token (tens of milliseconds of host work), so any video length works at once and nothing
+accumulates across requests. The host launches the next replay before it reads the previous token,
+so the GPU never waits for Python (one step may run past the end of the answer and is discarded).
 
 What it reproduces of `generate`: greedy decoding (the library's default; token for token the same
 as `generate`, tested) and sampling with temperature / top-k / top-p (the same distributions,
@@ -294,8 +293,9 @@ class GraphDecoder:
 
     def _decode_on_gpu(self, step: Callable[[], None], ids: torch.Tensor, first_token: torch.Tensor, steps: int,
                        on_token: Callable[[int], bool], stop_ids: set[int]) -> None:  # fmt: skip
-        """The first token, then up to `steps` more. The step is recorded while the GPU still runs the prefill (the
-        recording is host work only), so it costs no time of its own unless the host is slower than the prefill."""
+        """The first token, then up to `steps` more. The step is recorded once the first token is on the host: recorded
+        while the GPU still ran the prefill, it delayed the first token by 30-66 ms and saved no time in total (H200,
+        compiled steps, docs/BENCHMARKS.md section 14)."""
         host = torch.empty(steps, dtype=ids.dtype, pin_memory=True)
         done = [torch.cuda.Event() for _ in range(steps)]
         run_step, graph, launched = step, None, 0
@@ -308,21 +308,19 @@ class GraphDecoder:
             launched += 1
 
         try:
-            recording = self.graphs and self.failure is None
-            if recording and self._warmed:
-                graph = self._record(step)
             first = int(first_token)  # the first token on the host: the end of the prefill
             if on_token(first) or first in stop_ids:
                 return
-            if recording and not self._warmed:
-                # State set up lazily (cuBLAS's workspace for a stream) must exist before a recording:
-                # the decoder's first step runs eagerly on the recording stream, then the step is recorded.
-                stream = self._recording_stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    launch()
-                torch.cuda.current_stream().wait_stream(stream)
-                self._warmed = True
+            if self.graphs and self.failure is None:
+                if not self._warmed:
+                    # State set up lazily (cuBLAS's workspace for a stream) must exist before a recording:
+                    # the decoder's first step runs eagerly on the recording stream.
+                    stream = self._recording_stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        launch()
+                    torch.cuda.current_stream().wait_stream(stream)
+                    self._warmed = True
                 if launched < steps:
                     graph = self._record(step)
             if graph is not None:
