@@ -332,7 +332,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max-queue", type=int, help=f"requests that may wait (VCAST_MAX_QUEUE, {MAX_QUEUE_SIZE})")
     compiles = SWITCH.get(os.environ.get("VCAST_COMPILE", "").lower())
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compiles,
-                        help="compile the vision tower and (dense Qwen3-VL) the LLM prefill at start-up (20-80 s "
+                        help="compile the vision tower and (dense Qwen3-VL) the LLM's layers for prefill and decode "
+                        "steps at start-up (20-80 s "
                         "more, warmed up on 32 frames); "
                         "default: VCAST_COMPILE, else Qwen3-VL on a dedicated CUDA GPU")  # fmt: skip
     args = parser.parse_args(argv)

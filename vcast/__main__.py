@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-vision", action="store_true",
                         help="GPU only: torch.compile the vision tower (the first video pays a compilation)")
     parser.add_argument("--compile-prefill", action="store_true",
-                        help="GPU only: torch.compile the LLM prefill's decoder layers (dense Qwen3-VL; the first "
-                        "prefill pays a compilation)")  # fmt: skip
+                        help="GPU only: torch.compile the LLM's decoder layers for the prefill and the recorded "
+                        "decode steps (dense Qwen3-VL; the first answer pays a compilation)")  # fmt: skip
     parser.add_argument("--compile-decode", action="store_true",
                         help="GPU only: torch.compile the decode step instead of recording it (compiles per length)")
     return parser.parse_args(argv)

@@ -134,17 +134,17 @@ def family_of(model_id: str) -> str | None:
 
 
 def compiles_by_default(model_id: str, *, zero_gpu: bool = False) -> bool:
-    """Whether a server compiles `model_id` unless told otherwise (its vision tower, and its LLM prefill where
-    `compile_prefill` serves the model): a model of a family in COMPILED_VISION_FAMILIES (`family_of`) on a dedicated
-    CUDA GPU (not ZeroGPU, which lends a GPU per call)."""
+    """Whether a server compiles `model_id` unless told otherwise (its vision tower, and its LLM's decoder layers for
+    the prefill and the decode steps where `compile_prefill` serves the model): a model of a family in
+    COMPILED_VISION_FAMILIES (`family_of`) on a dedicated CUDA GPU (not ZeroGPU, which lends a GPU per call)."""
     return family_of(model_id) in COMPILED_VISION_FAMILIES and not zero_gpu and torch.cuda.is_available()
 
 
 def warm_up_for_serving(qa: VideoQA, video: Any) -> float:
     """Warm `qa` up on `video` for serving, then freeze what it compiles (`freeze_vision_compilation`: the vision
-    tower and the LLM prefill): a compiled model warms up on COMPILED_WARM_UP_FRAMES frames (a 4-frame warm-up left
-    a 47 s compilation on an H200 for the first longer video), an eager one on 4. Where compiling fails, the model is
-    served eagerly and the log says why. Returns the seconds it took."""
+    tower and the LLM's compiled layers): a compiled model warms up on COMPILED_WARM_UP_FRAMES frames (a 4-frame
+    warm-up left a 47 s compilation on an H200 for the first longer video), an eager one on 4. Where compiling fails,
+    the model is served eagerly and the log says why. Returns the seconds it took."""
     if not (qa.vision_compiled or qa.prefill_compiled):
         return qa.warm_up(video, num_frames=4)
     started = time.perf_counter()
@@ -162,11 +162,11 @@ def warm_up_for_serving(qa: VideoQA, video: Any) -> float:
 def load(model_id: str, *, max_generation_s: float, compile_model: bool | None = None, zero_gpu: bool = False,
          warm_up_video: str | None = None) -> VideoQA:  # fmt: skip
     """`model_id` as a server serves it: each answer cut at `max_generation_s`; the vision tower and, where
-    `CompiledPrefill` serves the model (dense Qwen3-VL), the LLM prefill's decoder layers compiled on a CUDA GPU where
-    `compile_model` says so (None: `compiles_by_default`; decode steps are graph-recorded there anyway: compiling them
-    too would turn that off and compile every new length); warmed up on `warm_up_video` (`warm_up_for_serving`; a
-    tiny model is not). zero_gpu: the weights go straight to "cuda", and there is no GPU outside a call to compile or
-    warm up with."""
+    `CompiledPrefill` serves the model (dense Qwen3-VL), the LLM's decoder layers compiled on a CUDA GPU where
+    `compile_model` says so (None: `compiles_by_default`), for the prefill and for the graph-recorded decode steps
+    (one compilation for every length; generate's own `compile_decode` is not used: it compiles every new length);
+    warmed up on `warm_up_video` (`warm_up_for_serving`; a tiny model is not). zero_gpu: the weights go straight to
+    "cuda", and there is no GPU outside a call to compile or warm up with."""
     # ZeroGPU: decoding stays eager (graph recording is untested on a GPU lent per call, in another process)
     zero = {"device_map": "cuda", "graph_decode": False} if zero_gpu else {}
     options = {"max_generation_s": max_generation_s, **zero}

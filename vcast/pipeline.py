@@ -443,8 +443,8 @@ class VideoQA:
 
     @property
     def prefill_compiled(self) -> bool:
-        """Whether the LLM prefill's decoder layers run through torch.compile (`compile_prefill`, not undone by
-        `use_eager_prefill`)."""
+        """Whether the LLM's decoder layers run through torch.compile in the prefill, and in the decode steps where
+        COMPILED_STEPS (`compile_prefill`, not undone by `use_eager_prefill`)."""
         return self.graph_decoder is not None and self.graph_decoder.compiled_prefill is not None
 
     def use_eager_prefill(self) -> None:
