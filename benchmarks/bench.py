@@ -465,15 +465,18 @@ def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
 
 
 VISION_SETTINGS = ("app", "eager", "compiled")
-PREFILL_SETTINGS = ("app", "eager")
+# "app": the decoder layers compiled for the prefill and the decode steps, as the app; "prefill-only": for the prefill,
+# the steps recording the eager kernels (before 2026-12-03); "eager": neither
+PREFILL_SETTINGS = ("app", "prefill-only", "eager")
 
 
 def served_model(name: str, *, vision: str = "app", prefill: str = "app", **options) -> VideoQA:
     """`VideoQA.random_weights(name, **options)` with its vision tower as `vision` says: "app", as `python app.py`
     serves that model on this machine (for Qwen3-VL on a CUDA GPU compiled, warmed up on 32 frames and frozen by
     `catalogue.warm_up_for_serving`; eager otherwise); "eager"; "compiled" (compiled for any family, no warm-up, not
-    frozen). `prefill` "app": the LLM prefill compiled where the app compiles (`compile_prefill`, with the vision
-    tower), "eager": not. Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
+    frozen). `prefill` "app": the LLM's decoder layers compiled where the app compiles them (`compile_prefill`, with
+    the vision tower), for the prefill and the decode steps; "prefill-only": for the prefill only; "eager": not.
+    Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
     if vision not in VISION_SETTINGS:
         raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
     if prefill not in PREFILL_SETTINGS:
@@ -481,8 +484,10 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     served = catalogue.compiles_by_default(random_weights_id(name))
     compiled = vision == "compiled" or (vision == "app" and served)
     options.setdefault("compile_vision", compiled)
-    options.setdefault("compile_prefill", prefill == "app" and served)
+    options.setdefault("compile_prefill", prefill != "eager" and served)
     qa = VideoQA.random_weights(name, **options)
+    if prefill == "prefill-only" and qa.graph_decoder is not None:
+        qa.graph_decoder.compiled_steps = False
     if vision == "app":
         clip = synthetic_clip(catalogue.COMPILED_WARM_UP_FRAMES, 360, 640)  # the app's example clips are 640 x 360
         seconds = catalogue.warm_up_for_serving(qa, clip)
@@ -552,8 +557,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the vision tower as the app serves it (default: compiled for Qwen3-VL on a GPU, warmed "
                         "up and frozen), eager (VideoQA's default), or compiled")  # fmt: skip
     parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
-                        help="the LLM prefill as the app serves it (default: its decoder layers compiled for dense "
-                        "Qwen3-VL on a GPU, with the vision tower), or eager")  # fmt: skip
+                        help="the LLM's decoder layers as the app serves them (default: compiled for the prefill "
+                        "and the decode steps for dense Qwen3-VL on a GPU, with the vision tower), prefill-only, "
+                        "or eager")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "
@@ -608,7 +614,8 @@ def main(argv: list[str] | None = None) -> None:
         qa = _model(size, args)
         if qa.prefill_compiled:
             how = "warmed up and frozen, as the app" if qa.graph_decoder.compiled_prefill.frozen else "not frozen"
-            meta["prefill"] = f"decoder layers compiled ({how})"
+            steps = "and the decode steps" if qa.graph_decoder.compiled_steps else "not the decode steps"
+            meta["prefill"] = f"decoder layers compiled ({how}; {steps})"
         if qa.decode_caches is not None:  # with --keep-decode-caches one per method: each round alternates all
             kept = 1 + len(methods) if args.keep_decode_caches else 0
             qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)

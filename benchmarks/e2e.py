@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision", choices=VISION_SETTINGS, default="app",
                         help="the vision tower as the app serves it (default), eager, or compiled")
     parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
-                        help="the LLM prefill as the app serves it (default: compiled for dense Qwen3-VL on a GPU), "
-                        "or eager")  # fmt: skip
+                        help="the LLM's decoder layers as the app serves them (default: compiled for the prefill and "
+                        "the decode steps, dense Qwen3-VL on a GPU), prefill-only, or eager")  # fmt: skip
     parser.add_argument("--out", default="results/e2e.json")
     args = parser.parse_args(argv)
     methods = check_methods(args.methods.split(","))

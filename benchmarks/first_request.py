@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the vision tower as the app serves it (default: for Qwen3-VL on a GPU compiled, warmed "
                         "up on 32 frames and frozen, before the --warm answers), eager, or compiled")  # fmt: skip
     parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
-                        help="the LLM prefill as the app serves it (default: compiled for dense Qwen3-VL on a GPU), "
-                        "or eager")  # fmt: skip
+                        help="the LLM's decoder layers as the app serves them (default: compiled for the prefill and "
+                        "the decode steps, dense Qwen3-VL on a GPU), prefill-only, or eager")  # fmt: skip
     parser.add_argument("--keep-caches", type=int, default=0)
     parser.add_argument("--vision-sdpa", default=None,
                         help="vision attention SDPA backends, e.g. cudnn,flash (default: the library's, no cuDNN)")

@@ -224,3 +224,25 @@ def test_the_prefill_profile_finds_where_the_host_waits_for_the_device(tmp_path)
     for row in rows:
         assert row["host_waits"] == sum(row["host_waits_where"].values()) > 0
         assert any("_deepstack_process" in place for place in row["host_waits_where"])
+
+
+@pytest.mark.parametrize(("prefill", "compiled", "steps"), [("app", True, True), ("prefill-only", True, False),
+                                                             ("eager", False, False)])  # fmt: skip
+def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkeypatch, prefill, compiled, steps):
+    """`--prefill app|prefill-only|eager` of every GPU benchmark: the app's compiled layers for the prefill and the
+    decode steps, for the prefill only, or neither. The tiny model stands in for the real shapes (on the CPU the graph
+    decoder runs its steps eagerly through the same layers)."""
+    monkeypatch.setattr(bench.catalogue, "compiles_by_default", lambda model_id: True)  # as on a dedicated GPU
+    built = {}
+
+    def tiny(name, **options):
+        built.update(options)
+        return VideoQA.tiny(graph_decode=True, compile_prefill=options["compile_prefill"])
+
+    monkeypatch.setattr(bench.VideoQA, "random_weights", tiny)
+    qa = bench.served_model("8B", vision="eager", prefill=prefill)
+    assert built["compile_prefill"] is compiled and built["compile_vision"] is False
+    assert qa.prefill_compiled is compiled
+    assert qa.graph_decoder.compiled_steps is steps
+    with pytest.raises(ValueError, match="prefill must be one of app, prefill-only, eager"):
+        bench.served_model("8B", prefill="steps")
