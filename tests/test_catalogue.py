@@ -30,6 +30,7 @@ class StandIn:
         self.model_id, self.is_tiny, self.fails = model_id, False, fails
         self.vision_compiled, self.frozen, self.warmed = bool(options.get("compile_vision")), False, []
         self.prefill_compiled = bool(options.get("compile_prefill"))  # as for a dense Qwen3-VL
+        self.graph_decoder = None  # tests/test_compiled_prefill.py warms up a real one
 
     def warm_up(self, clip, num_frames=4):
         self.warmed.append((clip, num_frames, self.vision_compiled))

@@ -139,8 +139,10 @@ def test_a_server_freezes_the_prefill_with_the_vision_tower(pair):
 def test_use_eager_prefill_undoes_it(pair):
     plain, _ = pair
     qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True, compile_prefill=True)
+    assert qa.graph_decoder.compiled_steps
     qa.use_eager_prefill()
     assert not qa.prefill_compiled and type(qa.graph_decoder.caches.get(8)).__name__ == "StaticCache"
+    assert not qa.graph_decoder.compiled_steps
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
@@ -213,3 +215,49 @@ def test_compiled_steps_give_generates_tokens_and_every_step_runs_compiled(devic
             assert calls[0] >= len(prefill.layers) * 2 * 2
         graphs.append(_graphs())
     assert graphs[1] == graphs[0]  # new prompt and cache lengths: no new graph
+
+
+def test_the_steps_compile_graphs_of_their_own_once_and_a_new_video_adds_none(pair):
+    plain, _ = pair
+    torch._dynamo.reset()  # dynamo's graphs are per code object, shared by every model: none from earlier tests
+    qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True)
+    qa.graph_decoder = GraphDecoder(plain.model, fast_kernels=True)
+    qa.graph_decoder.compile_prefill(steps=False)
+    clip = synthetic_clip(8, 64, 96)
+    qa.answer(clip, QUESTION, max_new_tokens=4, min_new_tokens=4)  # the prefill's graphs (if no test made them yet)
+    prefill_only = _graphs()
+    qa.graph_decoder.compiled_steps = True
+    qa.answer(clip, QUESTION, max_new_tokens=4, min_new_tokens=4)
+    with_steps = _graphs()
+    assert with_steps > prefill_only  # the one-token steps are graphs of their own
+    qa.answer(synthetic_clip(12, 96, 64), QUESTION, max_new_tokens=4, min_new_tokens=4)
+    assert _graphs() == with_steps
+
+
+def test_frozen_before_any_step_the_steps_run_eagerly_and_compile_nothing():
+    """What `catalogue.warm_up_for_serving` warns about: frozen before a decode step ran, the steps never compile (and
+    still give generate's tokens)."""
+    torch._dynamo.reset()  # no step graphs from earlier tests (dynamo's graphs are shared by every model)
+    plain = VideoQA.tiny(graph_decode=False)
+    qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True)
+    qa.graph_decoder = GraphDecoder(plain.model, fast_kernels=True)
+    qa.graph_decoder.compile_prefill(steps=True)
+    clip = synthetic_clip(8, 64, 96)
+    qa.answer(clip, QUESTION, max_new_tokens=1)  # compiles the prefill, runs no step
+    assert not qa.graph_decoder.stepped
+    qa.graph_decoder.compiled_prefill.freeze()
+    before = _graphs()
+    expected = plain.answer(clip, QUESTION, max_new_tokens=6, min_new_tokens=6)
+    got = qa.answer(clip, QUESTION, max_new_tokens=6, min_new_tokens=6)
+    assert got.full.token_ids == expected.full.token_ids and qa.graph_decoder.stepped
+    assert _graphs() == before
+
+
+def test_the_servers_warm_up_runs_a_decode_step_before_freezing(caplog):
+    from vcast import catalogue
+
+    qa = VideoQA.tiny(graph_decode=True, compile_prefill=True)
+    assert qa.prefill_compiled and qa.graph_decoder.compiled_steps
+    catalogue.warm_up_for_serving(qa, synthetic_clip(8, 64, 96))
+    assert qa.graph_decoder.stepped and qa.graph_decoder.compiled_prefill.frozen
+    assert "ran no decode step" not in caplog.text

@@ -155,6 +155,10 @@ def warm_up_for_serving(qa: VideoQA, video: Any) -> float:
         qa.use_eager_vision()
         qa.use_eager_prefill()
         qa.warm_up(video, num_frames=4)
+    decoder = qa.graph_decoder
+    if qa.prefill_compiled and decoder is not None and decoder.compiled_steps and not decoder.stepped:
+        logger.warning("%s: the warm-up ran no decode step, so the decode steps' compiled layers were not compiled "
+                       "before freezing; steps will record eager kernels (slower)", qa.model_id)  # fmt: skip
     qa.freeze_vision_compilation()
     return time.perf_counter() - started
 

@@ -151,7 +151,8 @@ class GraphDecoder:
     `fast_kernels` (default: on where the model sits on a GPU) gives the step flash attention over the
     cache's filled slots and fused RMSNorms (`vcast.models.decode_kernels`), and gives the model (every
     forward of it, from here on) deepstack's additions without host waits (`deepstack_without_waits`: the
-    same sums). `compile_prefill` compiles the prefill's decoder layers.
+    same sums). `compile_prefill` compiles the decoder layers for the prefill (and, with `steps=True`, for the
+    decode steps too).
     """
 
     def __init__(self, model, *, graphs: bool = True, caches: DecodeCaches | None = None,
@@ -178,6 +179,9 @@ class GraphDecoder:
         # released, and recording into a released pool is an error. Never replayed again, it holds no memory.
         self._last_graph: torch.cuda.CUDAGraph | None = None
         self._warmed = False  # the first pass runs one step eagerly on the recording stream first
+        # Whether a decode step has run (with compiled steps: compiled them). A server should freeze the compiled
+        # layers only after one: frozen before, every step records eager kernels.
+        self.stepped = False
 
     def compile_prefill(self, *, steps: bool = False) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
@@ -249,12 +253,10 @@ class GraphDecoder:
         logits = self.prefill(pass_inputs, cache).logits
         token = pick(logits[:, -1, :])
         del logits
-        steps = max_new_tokens - 1
-        if steps == 0:
-            on_token(int(token))
+        first = int(token)  # the first token on the host: the end of the prefill
+        if on_token(first) or first in stop_ids or max_new_tokens == 1:
             return
-        # The step's inputs live in fixed buffers that the recorded graph reads and updates in place (queued after
-        # the prefill: nothing here waits for it).
+        # The step's inputs live in fixed buffers that the recorded graph reads and updates in place.
         ids = token.view(1, 1).clone()
         positions = (pass_inputs.position_ids[..., -1:] + 1).contiguous()  # every row: last prompt position + 1
         step_inputs = {"input_ids": ids, "position_ids": positions,
@@ -279,23 +281,22 @@ class GraphDecoder:
             for counter in counters:
                 counter.add_(1)
 
+        steps = max_new_tokens - 1
         if ids.device.type == "cuda":
-            self._decode_on_gpu(step, ids, token, steps, on_token, stop_ids)
-            return
-        first = int(token)
-        if on_token(first) or first in stop_ids:
+            self._decode_on_gpu(step, ids, steps, on_token, stop_ids)
             return
         for _ in range(steps):
             step()
+            self.stepped = True
             token_id = int(ids)
             if on_token(token_id) or token_id in stop_ids:
                 return
 
-    def _decode_on_gpu(self, step: Callable[[], None], ids: torch.Tensor, first_token: torch.Tensor, steps: int,
+    def _decode_on_gpu(self, step: Callable[[], None], ids: torch.Tensor, steps: int,
                        on_token: Callable[[int], bool], stop_ids: set[int]) -> None:  # fmt: skip
-        """The first token, then up to `steps` more. The step is recorded once the first token is on the host: recorded
-        while the GPU still ran the prefill, it delayed the first token by 30-66 ms and saved no time in total (H200,
-        compiled steps, docs/BENCHMARKS.md section 14)."""
+        """Up to `steps` tokens after the first one, which the host has already read. The step is recorded only now:
+        recorded while the GPU still ran the prefill, it delayed the first token by 30-66 ms and saved no time in total
+        (H200, compiled steps, docs/BENCHMARKS.md section 14)."""
         host = torch.empty(steps, dtype=ids.dtype, pin_memory=True)
         done = [torch.cuda.Event() for _ in range(steps)]
         run_step, graph, launched = step, None, 0
@@ -303,14 +304,12 @@ class GraphDecoder:
         def launch() -> None:
             nonlocal launched
             run_step()
+            self.stepped = True
             host[launched : launched + 1].copy_(ids.view(1), non_blocking=True)
             done[launched].record()
             launched += 1
 
         try:
-            first = int(first_token)  # the first token on the host: the end of the prefill
-            if on_token(first) or first in stop_ids:
-                return
             if self.graphs and self.failure is None:
                 if not self._warmed:
                     # State set up lazily (cuBLAS's workspace for a stream) must exist before a recording:
