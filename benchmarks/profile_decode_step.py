@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     qa = VideoQA.random_weights(args.model)
-    decoders = {name: GraphDecoder(qa.model, fast_kernels=name != "plain") for name in args.decoders.split(",")}
+    names = args.decoders.split(",")
+    if not set(names) <= {"plain", "fused", "compiled"}:
+        raise SystemExit(f"--decoders: choose among plain, fused, compiled, not {args.decoders!r}")
+    decoders = {name: GraphDecoder(qa.model, fast_kernels=name != "plain") for name in names}
     if "compiled" in decoders:
         decoders["compiled"].compile_prefill(steps=True)
     report = {"date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,

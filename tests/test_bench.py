@@ -246,3 +246,21 @@ def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkey
     assert qa.graph_decoder.compiled_steps is steps
     with pytest.raises(ValueError, match="prefill must be one of app, prefill-only, eager"):
         bench.served_model("8B", prefill="steps")
+
+
+def test_the_vision_profile_sorts_kernels_by_kind_and_counts_the_towers_products():
+    from benchmarks.profile_vision import kernel_kind, linear_flops
+
+    # Inductor names a fused kernel after what it fuses: the rotary before the attention op is still Inductor's
+    assert kernel_kind("triton_poi_fused__to_copy_add_cat_cos_equal_groups_sdpa_mul_neg") == "Inductor's fused kernels"
+    assert kernel_kind("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<96, 128>>") == "attention"
+    assert kernel_kind("nvjet_sm90_tst_192x192_64x4_1x2_h_bz_coopB_bias_TNN") == "matrix products"
+    assert kernel_kind("Memcpy HtoD (Pinned -> Device)") == "copies"
+    visual = VideoQA.tiny().model.model.visual
+    c = visual.config
+    h, inner, out, merged_in = c.hidden_size, c.intermediate_size, c.out_hidden_size, c.hidden_size * 4
+    patches, merged = 64, 16
+    per_patch = c.depth * (3 * h * h + h * h + 2 * h * inner) + c.in_channels * c.temporal_patch_size * 16 * 16 * h
+    mergers = 1 + len(c.deepstack_visual_indexes)  # the final merger and one per deepstack layer
+    per_merged = mergers * (merged_in * merged_in + merged_in * out)
+    assert linear_flops(visual, patches, merged) == 2 * (patches * per_patch + merged * per_merged)

@@ -8,10 +8,11 @@ of the host lands in the prefill's time: the bench saw rounds of 43 and 53 ms in
 unpruned prefill (3449 tokens, 117 ms of GPU work) is far enough ahead not to notice.
 
 `CompiledPrefill` compiles each decoder layer (dynamic lengths) into fused kernels with a small
-host-side wrapper, active only around the graph decoder's prefill (decode steps stay the recorded
-eager step). The cache update is left out of the compiled graphs (`PrefillCache`): each layer picks its
-own cache tensors by its index, and traced, that index would make one graph per layer; outside, one
-pair of graphs serves every layer and every prompt length. `deepstack_without_waits` adds the
+host-side wrapper, active only around the graph decoder's prefill and, with `compile_prefill(steps=True)`
+(VideoQA's choice, section 14), around its decode steps, whose CUDA graphs then hold the fused kernels.
+The cache update is left out of the compiled graphs (`PrefillCache`): each layer picks its own cache
+tensors by its index, and traced, that index would make one graph per layer; outside, one set of
+graphs serves every layer and every prompt length, and one more every one-token step. `deepstack_without_waits` adds the
 deepstack features with indices computed on the device (`torch.nonzero_static`), the same sums as
 transformers' boolean indexing without waiting for the GPU.
 """
@@ -55,9 +56,9 @@ def compiled_prefill_unsupported(model) -> str | None:
 
 
 class CompiledPrefill:
-    """Compiled decoder layers for one model's LLM prefill, switched on by `active()` around it.
+    """Compiled decoder layers for one model's LLM prefill (and decode steps), switched on by `active()` around them.
 
-    The first prefills compile (dynamic lengths: one graph pair for every length and layer); after
+    The first prefill and step compile (dynamic lengths: one graph set for every length and layer); after
     `freeze()`, a prefill whose shapes no compiled graph serves runs its layers eagerly instead of
     compiling (torch.compiler's "eager_on_recompile" stance), so a server compiles only at its warm-up.
     """

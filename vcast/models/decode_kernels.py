@@ -20,7 +20,10 @@ unpruned pass at 128 frames.
 
 Both act only inside `FastDecodeStep.active(...)`, i.e. in the decode steps of `GraphDecoder`: the
 prefill, `generate` and the vision tower run transformers' norms and attention (the graph decoder's
-prefill may run its layers compiled, `vcast.models.compiled_prefill`). Token for token, the
+prefill may run its layers compiled, `vcast.models.compiled_prefill`). Where the steps run the compiled
+layers too (`compile_prefill(steps=True)`, VideoQA's choice with `compile_prefill`), the norm is
+transformers' own, which Inductor fuses, and the attention stays `decode_attention` (kept out of the
+compiled graphs). Token for token, the
 step with these kernels matches `generate` on every tiny family (tests/test_graph_decode.py: float32 on
 the CPU, where the attention is SDPA with a mask made from the counter, and bfloat16 flash attention on
 a GPU).
