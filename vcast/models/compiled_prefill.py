@@ -12,7 +12,8 @@ host-side wrapper, active only around the graph decoder's prefill and, with `com
 (VideoQA's choice, section 14), around its decode steps, whose CUDA graphs then hold the fused kernels.
 The cache update is left out of the compiled graphs (`PrefillCache`): each layer picks its own cache
 tensors by its index, and traced, that index would make one graph per layer; outside, one set of
-graphs serves every layer and every prompt length, and one more every one-token step. `deepstack_without_waits` adds the
+graphs serves every layer and every prompt length, and one more set every one-token step.
+`deepstack_without_waits` adds the
 deepstack features with indices computed on the device (`torch.nonzero_static`), the same sums as
 transformers' boolean indexing without waiting for the GPU.
 """
