@@ -13,9 +13,8 @@ host-side wrapper, active only around the graph decoder's prefill and, with `com
 The cache update is left out of the compiled graphs (`PrefillCache`): each layer picks its own cache
 tensors by its index, and traced, that index would make one graph per layer; outside, one set of
 graphs serves every layer and every prompt length, and one more set every one-token step.
-`deepstack_without_waits` adds the
-deepstack features with indices computed on the device (`torch.nonzero_static`), the same sums as
-transformers' boolean indexing without waiting for the GPU.
+`deepstack_without_waits` adds the deepstack features with indices computed on the device
+(`torch.nonzero_static`), the same sums as transformers' boolean indexing without waiting for the GPU.
 """
 
 from __future__ import annotations
