@@ -95,6 +95,9 @@ class Row:
     # the host's pace before each round's pass (host_pace_us): microseconds per small device operation
     host_us_per_op_runs: list[float] | None = None
     decoding_runs: list[str] | None = None  # how each round decoded ("cuda_graphs", "eager_loop", "generate")
+    # each round's host time to queue the LLM prefill (near llm_prefill_ms: the prefill waited for the host)
+    llm_prefill_host_ms_runs: list[float] | None = None
+    recording_ms_runs: list[float] | None = None  # each round's host time recording the decode step (graph decoder)
 
 
 def synthetic_clip(num_frames: int, height: int, width: int) -> VideoClip:
@@ -279,10 +282,13 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
             cache = qa.graph_decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
         calls_cache = _device_calls(cuda)
         cache_kwarg = {} if cache is None else {cache_argument(model): cache}
+        prefill_began = time.perf_counter()
         if qa.graph_decoder is not None and qa.decode_caches is None:  # as the decoder prefills (maybe compiled)
             out = qa.graph_decoder.prefill(pass_inputs, cache)
         else:
             out = model(**pass_inputs.generate_kwargs(), use_cache=True, logits_to_keep=1, **cache_kwarg)
+        # the host's time to queue the prefill: close to its GPU time, the prefill waited for the host
+        prefill_host_ms = (time.perf_counter() - prefill_began) * 1000.0
         clock.mark("llm_prefill")
         del out
         phase_peaks["prefill"] = _phase_peak(cuda)
@@ -327,6 +333,9 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
         "visual_tokens": pass_inputs.num_visual_tokens,
         "sequence_length": int(pass_inputs.input_ids.shape[1]),
         "decoding": decoding,
+        "llm_prefill_host_ms": prefill_host_ms,
+        # the graph decoder's recording of its step, inside the decode time (None: nothing recorded)
+        "recording_ms": qa.graph_decoder.recording_ms if decoding == "cuda_graphs" else None,
     }
 
 
@@ -390,6 +399,8 @@ def measure_video(qa: VideoQA, size: str, frames: int, height: int, width: int, 
                                for r, b in zip(passes, base, strict=True)],
             host_us_per_op_runs=_present(passes, "host_us_per_op") or None,
             decoding_runs=_present(passes, "decoding") or None,
+            llm_prefill_host_ms_runs=[r["llm_prefill_host_ms"] for r in passes],
+            recording_ms_runs=_present(passes, "recording_ms") or None,
         ))  # fmt: skip
     return rows
 

@@ -60,6 +60,10 @@ def test_bench_runs_every_method_and_writes_consistent_rows(tmp_path, capsys):
         columns = [statistics.median(column) for column in zip(*r["stage_ms_runs"], strict=True)]
         assert columns == pytest.approx([r["vision_ms"], r["selection_ms"], r["llm_prefill_ms"]])
         assert len(r["host_us_per_op_runs"]) == 2 and all(0 < pace < 10_000 for pace in r["host_us_per_op_runs"])
+        # the host's time to queue the prefill lies inside the prefill's stage (on the CPU, its whole time)
+        assert all(0 < host <= stages[2] for host, stages in zip(r["llm_prefill_host_ms_runs"], r["stage_ms_runs"],
+                                                                  strict=True))  # fmt: skip
+        assert r["recording_ms_runs"] is None  # generate decodes on the CPU: no step recorded
     table = capsys.readouterr().out
     assert "| tiny | 6, 128x96 | V-CAST R=0.25 | 9 |" in table
     for r in rows:  # each round's ratio to the unpruned pass of the same round

@@ -47,6 +47,7 @@ def test_every_family_answers_token_for_token_as_generate_does(family, clip):
         assert expected.passes[name].metrics.decoding == "generate"
         assert got.passes[name].metrics.decoding == "eager_loop"  # on a CPU: the step unrecorded
     assert got.full.token_ids == expected.full.token_ids and len(got.full.token_ids) == 12
+    assert graphed.graph_decoder.recording_ms is None  # nothing recorded on a CPU
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -274,6 +275,7 @@ def test_the_step_is_recorded_after_the_first_token_reaches_the_host(clip, monke
             decoder.run(inputs, max_new_tokens=6, generation_kwargs={"min_new_tokens": 6}, on_token=on_token,
                         stop_ids=set())  # fmt: skip
             assert events == ["token", "record"] + ["token"] * 5
+            assert decoder.recording_ms > 0  # the recording's host time, which the decode time includes
     assert decoder.failure is None
 
 

@@ -27,6 +27,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -182,6 +183,9 @@ class GraphDecoder:
         # Whether a decode step has run (with compiled steps: compiled them). A server should freeze the compiled
         # layers only after one: frozen before, every step records eager kernels.
         self.stepped = False
+        # Host milliseconds the last pass spent recording its step (None: it recorded nothing). The recording
+        # happens between the first and the second token, so it is inside the pass's decode time.
+        self.recording_ms: float | None = None
 
     def compile_prefill(self, *, steps: bool = False) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
@@ -300,6 +304,7 @@ class GraphDecoder:
         host = torch.empty(steps, dtype=ids.dtype, pin_memory=True)
         done = [torch.cuda.Event() for _ in range(steps)]
         run_step, graph, launched = step, None, 0
+        self.recording_ms = None
 
         def launch() -> None:
             nonlocal launched
@@ -321,7 +326,9 @@ class GraphDecoder:
                     torch.cuda.current_stream().wait_stream(stream)
                     self._warmed = True
                 if launched < steps:
+                    began = time.perf_counter()
                     graph = self._record(step)
+                    self.recording_ms = (time.perf_counter() - began) * 1000
             if graph is not None:
                 run_step = graph.replay
             if launched == 0:
