@@ -17,9 +17,6 @@ measured after the first token. "peak above weights" is torch.cuda.max_memory_al
 whole pass (vision to the last token) minus the memory held before it (weights); the JSON also
 splits it by phase (vision and selection, the timed prefill, generate). Each pass holds only what
 it needs: the V-CAST pass frees the unpruned features once it has sliced its own.
-Each row also keeps every round's figures (JSON `..._runs`): the stages, the host's pace before the pass, the host's
-time to queue the LLM prefill (close to the prefill's GPU time: the prefill waited for the host) and, with the graph
-decoder, the host time spent recording the decode step, which falls inside the decode time.
 The model runs in the settings `python app.py` serves it with on this machine: decoding graph-recorded on a GPU and,
 for Qwen3-VL on a CUDA GPU, the vision tower and (dense models) the LLM prefill's decoder layers compiled, warmed up
 on 32 frames and frozen (no compilation after that); `--vision eager --prefill eager` measures VideoQA's eager default

@@ -149,8 +149,6 @@ class Prepared:
     vision_peak_mb: float
     group_times: list[float]
     processed_size: tuple[int, int]
-    # a host copy of the prompt's ids, taken before the vision tower ran: passes are cut without host waits
-    host_ids: torch.Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -649,8 +647,7 @@ class VideoQA:
         """What `generate` (or a plain forward) takes for one pass: all visual tokens (selection None)
         or the selection's, at their unpruned positions."""
         with torch.inference_mode():
-            return self.adapter.pass_inputs(prepared.inputs, prepared.features, prepared.positions, selection,
-                                            host_ids=prepared.host_ids)  # fmt: skip
+            return self.adapter.pass_inputs(prepared.inputs, prepared.features, prepared.positions, selection)
 
     def generate(
         self,
@@ -810,14 +807,12 @@ class VideoQA:
         self._reset_peak()
         with torch.inference_mode(), self._vision_backends(), self._vision_stance(), _Timer(self.device) as vision:
             on_host = self.adapter.prompt_on_host(prompt.inputs)
-            ids = prompt.inputs["input_ids"]
-            host_ids = on_host["input_ids"] if "input_ids" in on_host else ids.cpu()  # before the tower: no wait
             features = self.adapter.encode(prompt.inputs, chunk_patches=self.vision_chunk_patches)
             positions = self.adapter.positions(on_host, device=self.device)  # overlaps the GPU work
         return Prepared(
             clip=prompt.clip, question=prompt.question, inputs=prompt.inputs, features=features, positions=positions,
             vision_ms=vision.ms, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),
-            processed_size=self.adapter.processed_size(features), host_ids=host_ids,
+            processed_size=self.adapter.processed_size(features),
         )  # fmt: skip
 
     def _vision_stance(self):

@@ -210,11 +210,8 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def pass_inputs(self, inputs, features: VisionFeatures, positions: torch.Tensor,
-                    selection: Selection | None = None, *,
-                    host_ids: torch.Tensor | None = None) -> PassInputs:  # fmt: skip
-        """One pass's generation inputs: all visual tokens (selection None) or the selection's. `host_ids`, a host
-        copy of the prompt's ids taken before the vision tower ran, lets the pass be cut without waiting for the GPU
-        (`sequence_index`)."""
+                    selection: Selection | None = None) -> PassInputs:  # fmt: skip
+        """One pass's generation inputs: all visual tokens (selection None) or the selection's."""
 
     # -- what the figures need ----------------------------------------------------------------------
 
@@ -238,26 +235,6 @@ class ModelAdapter(ABC):
         if count != expected:
             raise ValueError(f"the prompt holds {count} video tokens but the video has {expected}")
         return is_video.nonzero().squeeze(1)
-
-    def sequence_index(self, input_ids: torch.Tensor, features: VisionFeatures, selection: Selection | None,
-                       host_ids: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
-        """(L',) indices, on `input_ids`' device, of the prompt positions a pass keeps (what `sequence_keep` marks),
-        found without making the host wait for the GPU: the prompt's layout comes from `host_ids` (its host copy), the
-        kept video tokens are placed on the device, and the kept length is known on the host. So the host can queue the
-        pass's prefill while the GPU still runs the vision tower. None: the pass keeps every position."""
-        slots = self.video_token_slots(host_ids, features.num_tokens)  # the count check, on the host
-        if selection is None:
-            return None
-        frames = int(features.embeds.shape[0])
-        keep = host_ids[0] != self.video_token_id
-        keep[slots[frames:]] = True  # the tail (after the frame tokens) is never pruned
-        kept = int(keep.sum()) + int(selection.keep.numel())
-        device = input_ids.device
-        if device.type == "cuda":
-            keep = keep.pin_memory().to(device, non_blocking=True)
-            slots = slots.pin_memory().to(device, non_blocking=True)
-        keep[slots[selection.keep.to(device)]] = True
-        return torch.nonzero_static(keep, size=kept).squeeze(1)
 
     @property
     def video_token_id(self) -> int:

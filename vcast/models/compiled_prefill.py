@@ -107,29 +107,11 @@ def _deepstack_by_index(self, hidden_states: torch.Tensor, visual_pos_masks: tor
     return flat.index_add(0, found, visual_embeds).view_as(hidden_states)
 
 
-def _placeholders_unchecked(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor,
-                            image_features: torch.Tensor | None = None,
-                            video_features: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """transformers' `get_placeholder_mask` (the image and video placeholder masks, (1, L, 1)) without its two count
-    checks, each of which makes the host wait for the GPU (and so for the whole vision tower) before the prefill's first
-    layer is queued. The counts are checked on the host instead, before the pass is cut (`video_token_slots` on the
-    prompt's host ids), and the pass keeps as many video placeholders as it keeps feature rows."""
-    if input_ids is None:  # the masks as transformers finds them from the embeddings: not a path VideoQA takes
-        return type(self).get_placeholder_mask(self, input_ids, inputs_embeds, image_features, video_features)
-    config = self.config
-    image = (input_ids == config.image_token_id).unsqueeze(-1).to(inputs_embeds.device)
-    video = (input_ids == config.video_token_id).unsqueeze(-1).to(inputs_embeds.device)
-    return image, video
-
-
 def deepstack_without_waits(model) -> bool:
-    """Give `model`'s language model (Qwen3-VL's, with deepstack) `_deepstack_by_index`, and its model
-    `_placeholders_unchecked`; False where it has no `_deepstack_process` (other families)."""
+    """Give `model`'s language model (Qwen3-VL's, with deepstack) `_deepstack_by_index`; False where it has
+    no `_deepstack_process` (other families)."""
     language_model = model.get_decoder()
     if not hasattr(language_model, "_deepstack_process"):
         return False
     language_model._deepstack_process = types.MethodType(_deepstack_by_index, language_model)
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "get_placeholder_mask"):
-        inner.get_placeholder_mask = types.MethodType(_placeholders_unchecked, inner)
     return True

@@ -210,10 +210,6 @@ class GraphDecoder:
         attention backends (`generation_attention`). Compiled where `compile_prefill` was called and `cache` is a
         `PrefillCache` (with another cache, traced, each layer's index would compile a graph of its own: eager)."""
         kwargs = dict(pass_inputs.generate_kwargs(), use_cache=True, **{self._cache_keyword: cache})
-        if self.fast is not None:
-            # A pass's mask is all ones (one prompt, no padding): without it the causal mask is the same (transformers
-            # then skips it for a prefill into an empty cache), and the host does not wait to check it is all ones.
-            kwargs["attention_mask"] = None
         if self._takes_logits_to_keep and logits_to_keep is not None:
             kwargs["logits_to_keep"] = logits_to_keep
         if self._takes_cache_position:

@@ -88,25 +88,19 @@ class LlavaOnevisionAdapter(ModelAdapter):
         return positions.to(device) if device is not None else positions
 
     def pass_inputs(self, inputs, features: VisionFeatures, positions: torch.Tensor,
-                    selection: Selection | None = None, *,
-                    host_ids: torch.Tensor | None = None) -> PassInputs:  # fmt: skip
+                    selection: Selection | None = None) -> PassInputs:  # fmt: skip
         input_ids = inputs["input_ids"]  # (1, L)
-        if host_ids is not None:  # no host wait (`sequence_index`); the newline is always kept
-            index = self.sequence_index(input_ids, features, selection, host_ids)  # (L',) or None: all
-            kept_ids = input_ids if index is None else input_ids.index_select(1, index)  # (1, L')
-            kept_positions = positions if index is None else positions.index_select(1, index)
-        else:
-            seq_keep = self.sequence_keep(input_ids, features, selection)  # (L,): the newline is always kept
-            kept_ids, kept_positions = input_ids[:, seq_keep], positions[:, seq_keep]
+        seq_keep = self.sequence_keep(input_ids, features, selection)  # (L,): the newline is always kept
         if selection is not None:
             selection = selection_on(selection, features.embeds.device)
         frames = kept_rows(features.embeds, selection)  # (K, D)
         video = torch.cat([frames, features.tail], dim=0).unsqueeze(0)  # (1, K+1, D)
+        kept_ids = input_ids[:, seq_keep]  # (1, L')
         return PassInputs(
             input_ids=kept_ids,
             # V-CAST: always explicit; gapped position ids without a mask would be read as packed sequences.
             attention_mask=torch.ones_like(kept_ids),
-            position_ids=kept_positions,  # (1, L') original positions, with gaps
+            position_ids=positions[:, seq_keep],  # (1, L') original positions, with gaps
             mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)},
             num_visual_tokens=int(video.shape[1]),
         )

@@ -130,26 +130,20 @@ class MRopeAdapter(ModelAdapter):
     # -- pass inputs --------------------------------------------------------------------------------
 
     def pass_inputs(self, inputs, features: VisionFeatures, positions: torch.Tensor,
-                    selection: Selection | None = None, *,
-                    host_ids: torch.Tensor | None = None) -> PassInputs:  # fmt: skip
+                    selection: Selection | None = None) -> PassInputs:  # fmt: skip
         """Kept video tokens keep their original rotary positions (rows 1-3); dropped ones vanish
         from the ids, the features and every per-token layer alike, so the LLM never sees them."""
         input_ids = inputs["input_ids"]  # (1, L)
-        if host_ids is not None:  # no host wait (`sequence_index`)
-            index = self.sequence_index(input_ids, features, selection, host_ids)  # (L',) or None: all
-            kept_ids = input_ids if index is None else input_ids.index_select(1, index)  # (1, L')
-            kept_positions = positions if index is None else positions.index_select(2, index)
-        else:
-            seq_keep = self.sequence_keep(input_ids, features, selection)  # (L,)
-            kept_ids, kept_positions = input_ids[:, seq_keep], positions[:, :, seq_keep]
+        seq_keep = self.sequence_keep(input_ids, features, selection)  # (L,)
         if selection is not None:
             selection = selection_on(selection, features.embeds.device)
         # V-CAST: the same selection slices (or merges) the merged tokens and every deepstack layer.
         embeds = kept_rows(features.embeds, selection)
         extras = tuple(kept_rows(layer, selection) for layer in features.extras)
+        kept_ids = input_ids[:, seq_keep]  # (1, L')
         length = kept_ids.shape[1]
         text_row = torch.arange(length, device=input_ids.device).view(1, 1, length)
-        position_ids = torch.cat([text_row, kept_positions], dim=0)  # (4, 1, L')
+        position_ids = torch.cat([text_row, positions[:, :, seq_keep]], dim=0)  # (4, 1, L')
         return PassInputs(
             input_ids=kept_ids,
             attention_mask=torch.ones_like(kept_ids),
