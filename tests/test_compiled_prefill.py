@@ -5,6 +5,9 @@ the eager prefill in bfloat16."""
 
 from __future__ import annotations
 
+import cProfile
+import pstats
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -17,6 +20,7 @@ from vcast.models.compiled_prefill import (
     PrefillCache,
     _deepstack_by_index,
     compiled_prefill_unsupported,
+    inductor_options,
 )
 from vcast.models.graph_decode import GraphDecoder
 from vcast.pipeline import VideoQA
@@ -215,6 +219,33 @@ def test_compiled_steps_give_generates_tokens_and_every_step_runs_compiled(devic
             assert calls[0] >= len(prefill.layers) * 2 * 2
         graphs.append(_graphs())
     assert graphs[1] == graphs[0]  # new prompt and cache lengths: no new graph
+
+
+def test_with_the_cpp_wrapper_the_compiled_prefill_and_steps_give_generates_tokens():
+    """The app's setting on a GPU (`inductor_options`): Inductor launches each graph's kernels from a C++ wrapper. Here
+    on the CPU, where it is not the default: the same tokens as generate, and the wrapper really is C++ (the answer
+    after the compiling one calls Inductor's C++ entry points, which its default Python wrapper does not have)."""
+    assert inductor_options(torch.device("cuda")) == {"cpp_wrapper": True}
+    assert inductor_options(torch.device("cpu")) == {}
+    plain = VideoQA.tiny(graph_decode=False)
+    qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True)
+    qa.graph_decoder = GraphDecoder(plain.model, fast_kernels=True)
+    torch._dynamo.reset()  # no graphs compiled by earlier tests with Inductor's Python wrapper
+    try:
+        qa.graph_decoder.compile_prefill(steps=True, options={"cpp_wrapper": True})
+        clip = synthetic_clip(8, 64, 96)
+        expected = plain.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=6, min_new_tokens=6)
+        first = qa.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=6, min_new_tokens=6)  # compiles
+        profile = cProfile.Profile()
+        with profile:
+            second = qa.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=6, min_new_tokens=6)
+        for got in (first, second):
+            assert got.passes["vcast"].token_ids == expected.passes["vcast"].token_ids
+            assert got.full.token_ids == expected.full.token_ids
+        called = [name for _, _, name in pstats.Stats(profile).stats]
+        assert sum("inductor_entry_cpp" in name for name in called) >= 2  # graphs before and after the cache update
+    finally:
+        torch._dynamo.reset()
 
 
 def test_the_steps_compile_graphs_of_their_own_once_and_a_new_video_adds_none(pair):

@@ -31,7 +31,7 @@ from .core import Selection, allocate_budgets, allocation_weights, total_budget
 from .methods import METHOD_LABELS, METHODS, prune
 from .models.base import ModelAdapter, PassInputs, VisionFeatures, adapter_class, adapter_for, cache_argument
 from .models.base import generation_attention as _generation_attention
-from .models.compiled_prefill import compiled_prefill_unsupported
+from .models.compiled_prefill import compiled_prefill_unsupported, inductor_options
 from .models.decode import DecodeCaches
 from .models.graph_decode import GraphDecoder
 from .models.mrope import DEFAULT_VISION_CHUNK_PATCHES
@@ -374,8 +374,9 @@ class VideoQA:
         embedding as a matrix product, the rotary embedding without layout copies; SDPA only).
         vision_chunk_patches: patches the vision tower encodes at once (activation memory vs speed).
         compile_vision: torch.compile the vision tower of this instance (fuses its elementwise work;
-        the first video of each new shape pays the compilation, tens of seconds at 8B scale); a
-        string names the torch.compile mode (e.g. "reduce-overhead" for CUDA graphs).
+        the first video of each new shape pays the compilation, tens of seconds at 8B scale; on a GPU
+        with kernels launched from C++, `inductor_options`); a string names the torch.compile mode
+        (e.g. "reduce-overhead" for CUDA graphs) instead.
         compile_decode: decode from static KV caches (`vcast.models.decode`), which transformers'
         generate compiles into CUDA graphs on a GPU: each decode step is then bound by the GPU,
         where V-CAST's shorter cache pays, rather than by the host's Python. Cache lengths are
@@ -401,8 +402,10 @@ class VideoQA:
         if batched_vision_attention:
             self.adapter.speed_up_vision()
         if compile_vision:
-            mode = compile_vision if isinstance(compile_vision, str) else None
-            self.adapter.vision_tower.compile(dynamic=True, mode=mode)
+            if isinstance(compile_vision, str):  # a mode names its own options
+                self.adapter.vision_tower.compile(dynamic=True, mode=compile_vision)
+            else:
+                self.adapter.vision_tower.compile(dynamic=True, options=inductor_options(model.device) or None)
         self.decode_caches = DecodeCaches(model) if compile_decode else None
         if graph_decode is None:
             graph_decode = model.device.type == "cuda"

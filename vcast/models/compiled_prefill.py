@@ -15,6 +15,10 @@ tensors by its index, and traced, that index would make one graph per layer; out
 graphs serves every layer and every prompt length, and one more set every one-token step.
 `deepstack_without_waits` adds the deepstack features with indices computed on the device
 (`torch.nonzero_static`), the same sums as transformers' boolean indexing without waiting for the GPU.
+
+On a GPU the compiled graphs launch their kernels from C++ (`inductor_options`, Inductor's "cpp_wrapper"):
+with Inductor's Python wrapper V-CAST's 32-frame prefill still waited for the host (49-52 ms for about
+30 ms of GPU work on one H200 lease; 28 ms of host time with the C++ wrapper, docs/BENCHMARKS.md section 16).
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ class PrefillCache(StaticCache):
     @torch.compiler.disable
     def update(self, *args, **kwargs):
         return super().update(*args, **kwargs)
+
+
+def inductor_options(device: torch.device) -> dict:
+    """Inductor's options for the graphs this project compiles on `device`: on a GPU, kernels launched from a C++
+    wrapper instead of a Python one ("cpp_wrapper": the host queues a short prefill's kernels about twice as fast,
+    for a compilation about twice as long, paid at start-up); elsewhere Inductor's defaults (on the CPU the kernels
+    themselves run on the host, and the C++ wrapper would only lengthen the compilation)."""
+    return {"cpp_wrapper": True} if device.type == "cuda" else {}
 
 
 def _decoder_layers(model) -> list[torch.nn.Module]:
@@ -63,14 +75,17 @@ class CompiledPrefill:
     compiling (torch.compiler's "eager_on_recompile" stance), so a server compiles only at its warm-up.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, options: dict | None = None):
+        """`options`: Inductor's (default `inductor_options` for the device of the model's first weight)."""
         why = compiled_prefill_unsupported(model)
         if why is not None:
             raise ValueError(f"CompiledPrefill cannot serve this model: {why}")
         self.layers = _decoder_layers(model)
+        self.options = inductor_options(next(model.parameters()).device) if options is None else options
         # One torch.compile wrapper per layer (what Module.compile makes); they share dynamo's cache,
         # which is per code object.
-        self.calls = [torch.compile(layer._call_impl, dynamic=True) for layer in self.layers]
+        self.calls = [torch.compile(layer._call_impl, dynamic=True, options=self.options or None)
+                      for layer in self.layers]  # fmt: skip
         self.frozen = False
 
     def freeze(self) -> None:

@@ -187,13 +187,14 @@ class GraphDecoder:
         # happens between the first and the second token, so it is inside the pass's decode time.
         self.recording_ms: float | None = None
 
-    def compile_prefill(self, *, steps: bool = False) -> None:
+    def compile_prefill(self, *, steps: bool = False, options: dict | None = None) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
         ValueError for a model it does not serve). The first prefills compile. Kept caches are dropped: from now
         on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with.
         `steps`: the decode step runs the same compiled layers too (one more graph set, for one-token inputs,
-        compiled by the first step; the recorded step then replays Inductor's fused kernels)."""
-        self.compiled_prefill = CompiledPrefill(self.model)
+        compiled by the first step; the recorded step then replays Inductor's fused kernels).
+        `options`: Inductor's (default: `inductor_options`, the C++ wrapper on a GPU)."""
+        self.compiled_prefill = CompiledPrefill(self.model, options=options)
         self.compiled_steps = steps
         self.caches.cache_class = PrefillCache
         self.caches.clear()
