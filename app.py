@@ -333,8 +333,8 @@ def main(argv: list[str]) -> None:
     compiles = SWITCH.get(os.environ.get("VCAST_COMPILE", "").lower())
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compiles,
                         help="compile the vision tower and (dense Qwen3-VL) the LLM's layers for prefill and decode "
-                        "steps at start-up (20-80 s "
-                        "more, warmed up on 32 frames); "
+                        "steps at start-up (warmed up on 32 frames: 1-3 min on an H200, less once Inductor's "
+                        "on-disk cache holds the graphs); "
                         "default: VCAST_COMPILE, else Qwen3-VL on a dedicated CUDA GPU")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -14,6 +14,13 @@ and reports, as medians:
   indexing, `is_nonzero`), counted once with a dispatch-mode trace, with where they are.
 When host_ms is close to gpu_ms the GPU was waiting for the host's launches: the prefill is host-bound, and its time
 moves with the host's pace. `--model tiny` runs the tiny offline model on the CPU (a smoke test of this script).
+
+    python benchmarks/profile_prefill.py --wrappers python,cpp [--videos 32x448x448] [--runs 5]
+
+instead times the graph decoder's compiled prefill (the app's, `GraphDecoder.compile_prefill`) with each of Inductor's
+wrappers, in one process on one host: "python", Inductor's default, launches each graph's kernels from generated
+Python; "cpp" from generated C++ (`inductor_options`, the app's choice on a GPU). Each wrapper's first prefills
+compile (`compile_s`); then rounds alternate the wrappers, and each row keeps host_ms and gpu_ms as above.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.bench import synthetic_clip
 from vcast.models.base import cache_argument, generation_attention
 from vcast.models.decode import DecodeCaches
+from vcast.models.graph_decode import GraphDecoder
 from vcast.pipeline import VideoQA
 
 _WAITS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.item.default", "aten.masked_select.default",
@@ -65,23 +73,32 @@ def prefill_inputs(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> dict:
                                                    "logits_to_keep": 1})  # fmt: skip
 
 
-def timed_prefill(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float, float]:
-    """(host ms, GPU ms) of one prefill; on the CPU both are the wall time."""
-    inputs = prefill_inputs(qa, pass_inputs, caches)
-    cuda = qa.device.type == "cuda"
+def host_and_gpu_ms(run, cuda: bool) -> tuple[float, float]:
+    """(host ms, GPU ms) of `run()`: until it returns on the host, and from its first kernel queued to its last one
+    done (CUDA events); on the CPU both are the wall time."""
     if cuda:
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     began = time.perf_counter()
-    with torch.inference_mode(), generation_attention(qa.device):
-        qa.model(**inputs)
+    run()
     host_ms = (time.perf_counter() - began) * 1000
     if not cuda:
         return host_ms, host_ms
     end.record()
     end.synchronize()
     return host_ms, start.elapsed_time(end)
+
+
+def timed_prefill(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float, float]:
+    """(host ms, GPU ms) of one prefill (`host_and_gpu_ms`)."""
+    inputs = prefill_inputs(qa, pass_inputs, caches)
+
+    def run() -> None:
+        with torch.inference_mode(), generation_attention(qa.device):
+            qa.model(**inputs)
+
+    return host_and_gpu_ms(run, qa.device.type == "cuda")
 
 
 def kernel_ms(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float | None, list]:
@@ -101,6 +118,57 @@ def kernel_ms(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float | N
             [(e.key[:70], round(e.device_time_total / 1000, 2), e.count) for e in top])  # fmt: skip
 
 
+WRAPPERS = {"python": {}, "cpp": {"cpp_wrapper": True}}  # Inductor's options for each `--wrappers` name
+
+
+def timed_decoder_prefill(decoder: GraphDecoder, pass_inputs) -> tuple[float, float]:
+    """(host ms, GPU ms) of one prefill through `decoder` into a new cache of its own, as the app prefills."""
+    cache = decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + 64)
+
+    def run() -> None:
+        with torch.inference_mode():
+            decoder.prefill(pass_inputs, cache)
+
+    return host_and_gpu_ms(run, pass_inputs.input_ids.device.type == "cuda")
+
+
+def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int) -> list[dict]:
+    """The compiled prefill with each of Inductor's `wrappers`, one graph decoder each, rounds alternating them."""
+    decoders = {}
+    for name in wrappers:
+        decoders[name] = GraphDecoder(qa.model)
+        decoders[name].compile_prefill(options=WRAPPERS[name])
+    rows = []
+    for spec in videos:
+        frames, height, width = (int(v) for v in spec.split("x"))
+        prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
+        passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
+        compile_s = {}
+        for name, decoder in decoders.items():  # the first prefills compile (a new length: maybe again)
+            began = time.perf_counter()
+            for pass_inputs in passes.values():
+                for _ in range(2):
+                    timed_decoder_prefill(decoder, pass_inputs)
+            compile_s[name] = time.perf_counter() - began
+        times = {(name, method): [] for name in decoders for method in passes}
+        for round_ in range(runs):
+            order = list(decoders) if round_ % 2 == 0 else list(reversed(decoders))
+            for name in order:
+                for method, pass_inputs in passes.items():
+                    times[name, method].append(timed_decoder_prefill(decoders[name], pass_inputs))
+        for (name, method), measured in times.items():
+            row = {"video": spec, "method": method, "wrapper": name,
+                   "prompt_tokens": int(passes[method].input_ids.shape[1]),
+                   "host_ms": statistics.median(t[0] for t in measured),
+                   "gpu_ms": statistics.median(t[1] for t in measured),
+                   "host_ms_runs": [round(t[0], 1) for t in measured],
+                   "gpu_ms_runs": [round(t[1], 1) for t in measured],
+                   "compile_s": round(compile_s[name], 1)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def new_segments(qa: VideoQA) -> int:
     return int(torch.cuda.memory_stats(qa.device).get("segment.all.allocated", 0)) if qa.device.type == "cuda" else 0
 
@@ -111,11 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--videos", default="32x448x448,128x352x640")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--wrappers", default=None,
+                        help=f"time the compiled prefill with these of Inductor's wrappers ({', '.join(WRAPPERS)})")
     args = parser.parse_args(argv)
+    wrappers = None if args.wrappers is None else args.wrappers.split(",")
+    if wrappers is not None and not set(wrappers) <= set(WRAPPERS):
+        parser.error(f"--wrappers takes {', '.join(WRAPPERS)}, got {args.wrappers}")
     qa = VideoQA.tiny() if args.model == "tiny" else VideoQA.random_weights(args.model)
     caches = DecodeCaches(qa.model)
-    rows = []
-    for spec in args.videos.split(","):
+    rows = [] if wrappers is None else wrapper_rows(qa, wrappers, args.videos.split(","), args.runs)
+    for spec in [] if wrappers is not None else args.videos.split(","):
         frames, height, width = (int(v) for v in spec.split("x"))
         prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
         passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
@@ -145,7 +218,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        meta = {"torch": torch.__version__, "model": qa.model_id, "command": " ".join(sys.argv)}
+        import transformers
+
+        meta = {"torch": torch.__version__, "transformers": transformers.__version__, "model": qa.model_id,
+                "gpu": torch.cuda.get_device_name() if qa.device.type == "cuda" else None,
+                "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 

@@ -230,6 +230,24 @@ def test_the_prefill_profile_finds_where_the_host_waits_for_the_device(tmp_path)
         assert any("_deepstack_process" in place for place in row["host_waits_where"])
 
 
+def test_the_prefill_profile_times_the_compiled_prefill_with_each_of_inductors_wrappers(tmp_path):
+    """`--wrappers python,cpp`: the graph decoder's compiled prefill with Inductor's Python and C++ wrappers in one
+    process, a row per wrapper and pass, each round timing both; an unknown wrapper is refused by name."""
+    from benchmarks import profile_prefill
+
+    out = tmp_path / "wrappers.json"
+    profile_prefill.main(["--model", "tiny", "--videos", "8x64x64", "--runs", "2", "--wrappers", "python,cpp",
+                          "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["wrapper"], r["method"]) for r in rows] == [("python", "vcast"), ("python", "unpruned"),
+                                                         ("cpp", "vcast"), ("cpp", "unpruned")]  # fmt: skip
+    for row in rows:
+        assert len(row["host_ms_runs"]) == len(row["gpu_ms_runs"]) == 2 and row["compile_s"] > 0
+        assert row["host_ms"] > 0 and row["gpu_ms"] == row["host_ms"]  # on the CPU both are the wall time
+    with pytest.raises(SystemExit):
+        profile_prefill.main(["--model", "tiny", "--wrappers", "python,fortran"])
+
+
 @pytest.mark.parametrize(("prefill", "compiled", "steps"), [("app", True, True), ("prefill-only", True, False),
                                                              ("eager", False, False)])  # fmt: skip
 def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkeypatch, prefill, compiled, steps):
