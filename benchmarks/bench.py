@@ -478,7 +478,7 @@ def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
 VISION_SETTINGS = ("app", "eager", "compiled")
 # "app": the decoder layers compiled for the prefill and the decode steps, as the app; "prefill-only": for the prefill,
 # the steps recording the eager kernels (before 2026-12-03); "eager": neither
-PREFILL_SETTINGS = ("app", "prefill-only", "eager")
+PREFILL_SETTINGS = ("app", "prefill-only", "eager", "stacked")
 
 
 def served_model(name: str, *, vision: str = "app", prefill: str = "app", **options) -> VideoQA:
@@ -486,7 +486,8 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     serves that model on this machine (for Qwen3-VL on a CUDA GPU compiled, warmed up on 32 frames and frozen by
     `catalogue.warm_up_for_serving`; eager otherwise); "eager"; "compiled" (compiled for any family, no warm-up, not
     frozen). `prefill` "app": the LLM's decoder layers compiled where the app compiles them (`compile_prefill`, with
-    the vision tower), for the prefill and the decode steps; "prefill-only": for the prefill only; "eager": not.
+    the vision tower), for the prefill and the decode steps; "prefill-only": for the prefill only; "eager": not;
+    "stacked": as "app", with the caches' layers stacked so that each layer is one compiled graph (a trial).
     Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
     if vision not in VISION_SETTINGS:
         raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
@@ -499,6 +500,8 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     qa = VideoQA.random_weights(name, **options)
     if prefill == "prefill-only" and qa.graph_decoder is not None:
         qa.graph_decoder.compiled_steps = False
+    if prefill == "stacked" and qa.prefill_compiled:  # the trial: each layer one compiled graph (StackedPrefillCache)
+        qa.graph_decoder.compile_prefill(steps=True, stacked=True)
     if vision == "app":
         clip = synthetic_clip(catalogue.COMPILED_WARM_UP_FRAMES, 360, 640)  # the app's example clips are 640 x 360
         seconds = catalogue.warm_up_for_serving(qa, clip)
@@ -570,7 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
                         help="the LLM's decoder layers as the app serves them (default: compiled for the prefill "
                         "and the decode steps for dense Qwen3-VL on a GPU, with the vision tower), prefill-only, "
-                        "or eager")  # fmt: skip
+                        "eager, or stacked (the app's, with StackedPrefillCache: each layer one compiled "
+                        "graph)")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "

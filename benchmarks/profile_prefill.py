@@ -19,7 +19,8 @@ moves with the host's pace. `--model tiny` runs the tiny offline model on the CP
 
 instead times the graph decoder's compiled prefill (the app's, `GraphDecoder.compile_prefill`) with each of Inductor's
 wrappers, in one process on one host: "python", Inductor's default, launches each graph's kernels from generated
-Python; "cpp" from generated C++ (`inductor_options`, the app's choice on a GPU). Each wrapper's first prefills
+Python; "cpp" from generated C++ (`inductor_options`, the app's choice on a GPU); "-stacked" after either gives the
+decoder `StackedPrefillCache`s, whose traced update makes each decoder layer one graph. Each wrapper's first prefills
 compile (`compile_s`); then rounds alternate the wrappers, and each row keeps host_ms and gpu_ms as above.
 """
 
@@ -118,7 +119,9 @@ def kernel_ms(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float | N
             [(e.key[:70], round(e.device_time_total / 1000, 2), e.count) for e in top])  # fmt: skip
 
 
-WRAPPERS = {"python": {}, "cpp": {"cpp_wrapper": True}}  # Inductor's options for each `--wrappers` name
+# Each `--wrappers` name: Inductor's options, and whether the caches are stacked (StackedPrefillCache)
+WRAPPERS = {"python": ({}, False), "cpp": ({"cpp_wrapper": True}, False),
+            "python-stacked": ({}, True), "cpp-stacked": ({"cpp_wrapper": True}, True)}  # fmt: skip
 
 
 def timed_decoder_prefill(decoder: GraphDecoder, pass_inputs) -> tuple[float, float]:
@@ -137,7 +140,8 @@ def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int)
     decoders = {}
     for name in wrappers:
         decoders[name] = GraphDecoder(qa.model)
-        decoders[name].compile_prefill(options=WRAPPERS[name])
+        options, stacked = WRAPPERS[name]
+        decoders[name].compile_prefill(options=options, stacked=stacked)
     rows = []
     for spec in videos:
         frames, height, width = (int(v) for v in spec.split("x"))

@@ -248,12 +248,13 @@ def test_the_prefill_profile_times_the_compiled_prefill_with_each_of_inductors_w
         profile_prefill.main(["--model", "tiny", "--wrappers", "python,fortran"])
 
 
-@pytest.mark.parametrize(("prefill", "compiled", "steps"), [("app", True, True), ("prefill-only", True, False),
-                                                             ("eager", False, False)])  # fmt: skip
-def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkeypatch, prefill, compiled, steps):
-    """`--prefill app|prefill-only|eager` of every GPU benchmark: the app's compiled layers for the prefill and the
-    decode steps, for the prefill only, or neither. The tiny model stands in for the real shapes (on the CPU the graph
-    decoder runs its steps eagerly through the same layers)."""
+@pytest.mark.parametrize(("prefill", "compiled", "steps", "cache"), [
+    ("app", True, True, "PrefillCache"), ("prefill-only", True, False, "PrefillCache"),
+    ("eager", False, False, "StaticCache"), ("stacked", True, True, "StackedPrefillCache")])  # fmt: skip
+def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkeypatch, prefill, compiled, steps, cache):
+    """`--prefill app|prefill-only|eager|stacked` of every GPU benchmark: the app's compiled layers for the prefill and
+    the decode steps, for the prefill only, neither, or the app's with stacked caches. The tiny model stands in for the
+    real shapes (on the CPU the graph decoder runs its steps eagerly through the same layers)."""
     monkeypatch.setattr(bench.catalogue, "compiles_by_default", lambda model_id: True)  # as on a dedicated GPU
     built = {}
 
@@ -266,7 +267,8 @@ def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkey
     assert built["compile_prefill"] is compiled and built["compile_vision"] is False
     assert qa.prefill_compiled is compiled
     assert qa.graph_decoder.compiled_steps is steps
-    with pytest.raises(ValueError, match="prefill must be one of app, prefill-only, eager"):
+    assert type(qa.graph_decoder.caches.get(8)).__name__ == cache
+    with pytest.raises(ValueError, match="prefill must be one of app, prefill-only, eager, stacked"):
         bench.served_model("8B", prefill="steps")
 
 

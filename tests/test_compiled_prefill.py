@@ -18,10 +18,12 @@ from benchmarks.bench import synthetic_clip
 from vcast.models.compiled_prefill import (
     CompiledPrefill,
     PrefillCache,
+    StackedPrefillCache,
     _deepstack_by_index,
     compiled_prefill_unsupported,
     inductor_options,
 )
+from vcast.models.decode import DecodeCaches, cache_bytes
 from vcast.models.graph_decode import GraphDecoder
 from vcast.pipeline import VideoQA
 
@@ -292,3 +294,58 @@ def test_the_servers_warm_up_runs_a_decode_step_before_freezing(caplog):
     catalogue.warm_up_for_serving(qa, synthetic_clip(8, 64, 96))
     assert qa.graph_decoder.stepped and qa.graph_decoder.compiled_prefill.frozen
     assert "ran no decode step" not in caplog.text
+
+
+# -- stacked caches: each decoder layer one compiled graph (`compile_prefill(stacked=True)`, a trial) ----------------
+
+
+def test_a_stacked_cache_holds_every_layer_in_one_tensor_and_updates_as_a_static_cache_does():
+    qa = VideoQA.tiny(graph_decode=False)
+    plain, stacked = DecodeCaches(qa.model), DecodeCaches(qa.model)
+    stacked.cache_class = StackedPrefillCache
+    cache, reference = stacked.get(24), plain.get(24)
+    assert isinstance(cache, StackedPrefillCache) and cache.stacked is not None
+    assert cache_bytes(cache) == cache_bytes(reference)  # the same slots, no layer's own tensors left beside them
+    storages = {layer.keys.untyped_storage().data_ptr() for layer in cache.layers}
+    assert len(storages) == 1 and cache.stacked[0].shape[0] == len(cache.layers)
+    torch.manual_seed(0)
+    shape = (1, stacked.kv_heads, 5, stacked.head_dim)
+    with torch.inference_mode():
+        for _ in range(2):  # a prompt of five, then five more
+            for index in range(len(cache.layers)):
+                keys, values = torch.randn(shape), torch.randn(shape)
+                got = cache.update(keys, values, index)
+                expected = reference.update(keys, values, index)
+                assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+        assert [int(layer.cumulative_length) for layer in cache.layers] == [10] * len(cache.layers)
+        assert cache.get_seq_length() == reference.get_seq_length() == 10
+
+
+@pytest.mark.parametrize("steps", [False, True])
+def test_with_stacked_caches_each_layer_is_one_graph_and_the_answers_are_generates(steps):
+    """The cache update is traced: a prefill compiles with no graph break (two graph sets for all layers: layer 0 and
+    the others), the steps break only around their attention, and a new video compiles nothing more."""
+    plain = VideoQA.tiny(graph_decode=False)
+    qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True)
+    qa.graph_decoder = GraphDecoder(plain.model, fast_kernels=True)
+    torch._dynamo.reset()
+    try:
+        qa.graph_decoder.compile_prefill(steps=steps, stacked=True)
+        counters.clear()
+        graphs = []
+        for frames, height, width in [(8, 64, 96), (12, 96, 64)]:
+            clip = synthetic_clip(frames, height, width)
+            expected = plain.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=6, min_new_tokens=6)
+            got = qa.answer(clip, QUESTION, methods=["vcast"], max_new_tokens=6, min_new_tokens=6)
+            assert got.passes["vcast"].token_ids == expected.passes["vcast"].token_ids
+            assert got.full.token_ids == expected.full.token_ids
+            graphs.append(_graphs())
+        breaks = " ".join(counters["graph_break"])
+        assert "PrefillCache" not in breaks and "update" not in breaks
+        if steps:
+            assert "decode_attention" in breaks
+        else:
+            assert not counters["graph_break"] and graphs[0] == 2
+        assert graphs[1] == graphs[0]
+    finally:
+        torch._dynamo.reset()

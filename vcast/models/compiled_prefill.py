@@ -43,6 +43,44 @@ class PrefillCache(StaticCache):
         return super().update(*args, **kwargs)
 
 
+class StackedPrefillCache(PrefillCache):
+    """A `PrefillCache` whose layers' keys, values and counters are views of one tensor each, with the layer as its
+    first dimension, and whose `update` is traced: the compiled layers then index those tensors with the layer's index
+    as a symbolic integer, so a whole decoder layer is one compiled graph shared by every layer (Inductor's in-place
+    rewriting specialises layer 0: two graphs in all) instead of four around a graph break. Fewer graphs, less host
+    work per layer. Allocated by `stack_on` (`DecodeCaches` does it); until then it is a plain StaticCache."""
+
+    stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def stack_on(self, device: torch.device, dtype: torch.dtype, kv_heads: int, head_dim: int) -> None:
+        """Allocate every layer now, as views of three tensors on `device`. Each layer first allocates its own
+        tensors through transformers' `lazy_initialization` (which sets its other attributes), replaced at once, so
+        no more than one layer's worth is allocated beside the stacked tensors."""
+        layers, slots = len(self.layers), self.layers[0].max_cache_len
+        keys = torch.zeros((layers, 1, kv_heads, slots, head_dim), dtype=dtype, device=device)
+        values = torch.zeros_like(keys)
+        lengths = torch.zeros(layers, dtype=torch.long, device=device)
+        empty = torch.zeros((1, kv_heads, 0, head_dim), dtype=dtype, device=device)
+        for index, layer in enumerate(self.layers):
+            layer.lazy_initialization(empty, empty)
+            layer.keys, layer.values, layer.cumulative_length = keys[index], values[index], lengths[index]
+        self.stacked = (keys, values, lengths)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """transformers' StaticLayer update (write the new states after the layer's filled slots, advance its
+        counter, return all its slots), on the stacked tensors."""
+        if self.stacked is None:
+            return StaticCache.update(self, key_states, value_states, layer_idx, *args, **kwargs)
+        keys, values, lengths = self.stacked
+        layer_keys, layer_values, length = keys[layer_idx], values[layer_idx], lengths[layer_idx]
+        count = key_states.shape[-2]
+        slots = torch.arange(count, device=layer_keys.device) + length
+        length.add_(count)
+        layer_keys.index_copy_(2, slots, key_states)
+        layer_values.index_copy_(2, slots, value_states)
+        return layer_keys, layer_values
+
+
 def inductor_options(device: torch.device) -> dict:
     """Inductor's options for the graphs this project compiles on `device`: on a GPU, kernels launched from a C++
     wrapper instead of a Python one ("cpp_wrapper": the host queues a short prefill's kernels about twice as fast,

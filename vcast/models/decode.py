@@ -112,6 +112,11 @@ class DecodeCaches:
         cache = self.cache_class(config=self.text_config, max_cache_len=length)
         if self.offloaded:
             return cache  # each layer finds its device when it first runs
+        stack_on = getattr(cache, "stack_on", None)  # StackedPrefillCache: every layer in one tensor
+        if stack_on is not None and len(set(self.layer_devices)) == 1:
+            with torch.inference_mode():
+                stack_on(self.layer_devices[0], self.dtype, self.kv_heads, self.head_dim)
+            return cache
         with torch.inference_mode():
             for layer, device in zip(cache.layers, self.layer_devices, strict=False):
                 if not getattr(layer, "supports_early_init", False) or layer.is_initialized:

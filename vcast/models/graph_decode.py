@@ -35,7 +35,7 @@ import torch
 from transformers import StaticCache
 
 from .base import PassInputs, cache_argument, generation_attention
-from .compiled_prefill import CompiledPrefill, PrefillCache, deepstack_without_waits
+from .compiled_prefill import CompiledPrefill, PrefillCache, StackedPrefillCache, deepstack_without_waits
 from .decode import DecodeCaches
 from .decode_kernels import FastDecodeStep, FilledSlots
 
@@ -187,16 +187,17 @@ class GraphDecoder:
         # happens between the first and the second token, so it is inside the pass's decode time.
         self.recording_ms: float | None = None
 
-    def compile_prefill(self, *, steps: bool = False, options: dict | None = None) -> None:
+    def compile_prefill(self, *, steps: bool = False, options: dict | None = None, stacked: bool = False) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
         ValueError for a model it does not serve). The first prefills compile. Kept caches are dropped: from now
         on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with.
         `steps`: the decode step runs the same compiled layers too (one more graph set, for one-token inputs,
         compiled by the first step; the recorded step then replays Inductor's fused kernels).
-        `options`: Inductor's (default: `inductor_options`, the C++ wrapper on a GPU)."""
+        `options`: Inductor's (default: `inductor_options`, the C++ wrapper on a GPU). `stacked`: the caches are
+        `StackedPrefillCache`s, whose traced update makes each layer one compiled graph (a trial, not the default)."""
         self.compiled_prefill = CompiledPrefill(self.model, options=options)
         self.compiled_steps = steps
-        self.caches.cache_class = PrefillCache
+        self.caches.cache_class = StackedPrefillCache if stacked else PrefillCache
         self.caches.clear()
 
     def use_eager_prefill(self) -> None:
