@@ -173,6 +173,42 @@ def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int)
     return rows
 
 
+def eager_rows(qa: VideoQA, videos: list[str], runs: int) -> list[dict]:
+    """The plain forward's prefill of each pass (the default mode): times, kernels, new segments and host waits."""
+    caches = DecodeCaches(qa.model)
+    rows = []
+    for spec in videos:
+        frames, height, width = (int(v) for v in spec.split("x"))
+        prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
+        passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
+        waits = {}
+        for method, pass_inputs in passes.items():
+            spy = HostWaits()
+            with spy, torch.inference_mode(), generation_attention(qa.device):
+                qa.model(**prefill_inputs(qa, pass_inputs, caches))
+            waits[method] = dict(spy.where)
+        times: dict[str, list[tuple[float, float]]] = {m: [] for m in passes}
+        segments: dict[str, list[int]] = {m: [] for m in passes}
+        for _ in range(runs):  # interleaved, after the traced (warm-up) forward of each pass
+            for method, pass_inputs in passes.items():
+                before = new_segments(qa)
+                times[method].append(timed_prefill(qa, pass_inputs, caches))
+                segments[method].append(new_segments(qa) - before)
+        kernels = {method: kernel_ms(qa, pass_inputs, caches) for method, pass_inputs in passes.items()}
+        for method, pass_inputs in passes.items():
+            row = {"video": spec, "method": method, "prompt_tokens": int(pass_inputs.input_ids.shape[1]),
+                   "host_ms": statistics.median(t[0] for t in times[method]),
+                   "gpu_ms": statistics.median(t[1] for t in times[method]),
+                   "gpu_ms_runs": [round(t[1], 1) for t in times[method]],
+                   "host_ms_runs": [round(t[0], 1) for t in times[method]], "kernel_ms": kernels[method][0],
+                   "top_kernels": kernels[method][1],
+                   "new_segments_runs": segments[method],
+                   "host_waits": sum(waits[method].values()), "host_waits_where": waits[method]}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def new_segments(qa: VideoQA) -> int:
     return int(torch.cuda.memory_stats(qa.device).get("segment.all.allocated", 0)) if qa.device.type == "cuda" else 0
 
@@ -190,37 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     if wrappers is not None and not set(wrappers) <= set(WRAPPERS):
         parser.error(f"--wrappers takes {', '.join(WRAPPERS)}, got {args.wrappers}")
     qa = VideoQA.tiny() if args.model == "tiny" else VideoQA.random_weights(args.model)
-    caches = DecodeCaches(qa.model)
-    rows = [] if wrappers is None else wrapper_rows(qa, wrappers, args.videos.split(","), args.runs)
-    for spec in [] if wrappers is not None else args.videos.split(","):
-        frames, height, width = (int(v) for v in spec.split("x"))
-        prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
-        passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
-        waits = {}
-        for method, pass_inputs in passes.items():
-            spy = HostWaits()
-            with spy, torch.inference_mode(), generation_attention(qa.device):
-                qa.model(**prefill_inputs(qa, pass_inputs, caches))
-            waits[method] = dict(spy.where)
-        times: dict[str, list[tuple[float, float]]] = {m: [] for m in passes}
-        segments: dict[str, list[int]] = {m: [] for m in passes}
-        for _ in range(args.runs):  # interleaved, after the traced (warm-up) forward of each pass
-            for method, pass_inputs in passes.items():
-                before = new_segments(qa)
-                times[method].append(timed_prefill(qa, pass_inputs, caches))
-                segments[method].append(new_segments(qa) - before)
-        kernels = {method: kernel_ms(qa, pass_inputs, caches) for method, pass_inputs in passes.items()}
-        for method, pass_inputs in passes.items():
-            row = {"video": spec, "method": method, "prompt_tokens": int(pass_inputs.input_ids.shape[1]),
-                   "host_ms": statistics.median(t[0] for t in times[method]),
-                   "gpu_ms": statistics.median(t[1] for t in times[method]),
-                   "gpu_ms_runs": [round(t[1], 1) for t in times[method]],
-                   "host_ms_runs": [round(t[0], 1) for t in times[method]], "kernel_ms": kernels[method][0],
-                   "top_kernels": kernels[method][1],
-                   "new_segments_runs": segments[method],
-                   "host_waits": sum(waits[method].values()), "host_waits_where": waits[method]}  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    videos = args.videos.split(",")
+    rows = eager_rows(qa, videos, args.runs) if wrappers is None else wrapper_rows(qa, wrappers, videos, args.runs)
     if args.out:
         import transformers
 

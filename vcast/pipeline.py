@@ -394,8 +394,8 @@ class VideoQA:
         prefill and decode steps (`vcast.models.compiled_prefill`: one graph set for every layer and prompt
         length, one for the one-token steps, which are then recorded as CUDA graphs of Inductor's kernels; the
         first answer compiles; on a GPU the kernels are launched from C++, `inductor_options`). Only with the graph
-        decoder and decoder layers
-        it serves (dense Qwen3-VL) on one device; ignored elsewhere (`prefill_compiled` says whether it is on).
+        decoder and decoder layers it serves (dense Qwen3-VL) on one device; ignored elsewhere (`prefill_compiled`
+        says whether it is on).
         max_generation_s: wall-clock limit of each pass's generation (generate's max_time).
         Raises ValueError naming the supported families for a model of another family.
         """

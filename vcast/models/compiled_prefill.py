@@ -17,8 +17,9 @@ graphs serves every layer and every prompt length, and one more set every one-to
 (`torch.nonzero_static`), the same sums as transformers' boolean indexing without waiting for the GPU.
 
 On a GPU the compiled graphs launch their kernels from C++ (`inductor_options`, Inductor's "cpp_wrapper"):
-with Inductor's Python wrapper V-CAST's 32-frame prefill still waited for the host (49-52 ms for about
-30 ms of GPU work on one H200 lease; 28 ms of host time with the C++ wrapper, docs/BENCHMARKS.md section 16).
+with Inductor's Python wrapper V-CAST's 32-frame prefill waited for the host in every round (H200, one
+process: host 35.3 ms, GPU 35.3 ms, rounds up to 56); with the C++ wrapper the host queues it in 29.6 ms
+and the GPU sets the pace (32.7 ms; docs/BENCHMARKS.md section 16).
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ class StackedPrefillCache(PrefillCache):
 
 def inductor_options(device: torch.device) -> dict:
     """Inductor's options for the graphs this project compiles on `device`: on a GPU, kernels launched from a C++
-    wrapper instead of a Python one ("cpp_wrapper": the host queues a short prefill's kernels about twice as fast,
-    for a compilation about twice as long, paid at start-up); elsewhere Inductor's defaults (on the CPU the kernels
-    themselves run on the host, and the C++ wrapper would only lengthen the compilation)."""
+    wrapper instead of a Python one ("cpp_wrapper": 6-11 ms less host time per 8B prefill on an H200, 31-50 ms
+    instead of 88-92 on a slow host, for a compilation about three times as long, paid at start-up); elsewhere
+    Inductor's defaults (on the CPU the kernels themselves run on the host, and the C++ wrapper would only lengthen
+    the compilation)."""
     return {"cpp_wrapper": True} if device.type == "cuda" else {}
 
 
