@@ -147,7 +147,7 @@ def test_use_eager_prefill_undoes_it(pair):
     qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True, compile_prefill=True)
     assert qa.graph_decoder.compiled_steps
     qa.use_eager_prefill()
-    assert not qa.prefill_compiled and type(qa.graph_decoder.caches.get(8)).__name__ == "StaticCache"
+    assert not qa.prefill_compiled and type(qa.graph_decoder.caches.get(8)).__name__ == "PassCache"
     assert not qa.graph_decoder.compiled_steps
 
 
@@ -296,7 +296,7 @@ def test_the_servers_warm_up_runs_a_decode_step_before_freezing(caplog):
     assert "ran no decode step" not in caplog.text
 
 
-# -- stacked caches: each decoder layer one compiled graph (`compile_prefill(stacked=True)`, a trial) ----------------
+# -- stacked caches: each decoder layer one compiled graph (`compile_prefill`'s default on one device) -------------
 
 
 def test_a_stacked_cache_holds_every_layer_in_one_tensor_and_updates_as_a_static_cache_does():

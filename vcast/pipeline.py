@@ -813,6 +813,8 @@ class VideoQA:
             on_host = self.adapter.prompt_on_host(prompt.inputs)
             features = self.adapter.encode(prompt.inputs, chunk_patches=self.vision_chunk_patches)
             positions = self.adapter.positions(on_host, device=self.device)  # overlaps the GPU work
+        # on the host copy: the passes find the placeholders on the device without counting them again
+        self.adapter.check_video_tokens(on_host["input_ids"], features.num_tokens)
         return Prepared(
             clip=prompt.clip, question=prompt.question, inputs=prompt.inputs, features=features, positions=positions,
             vision_ms=vision.ms, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),

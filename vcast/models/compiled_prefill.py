@@ -10,11 +10,15 @@ unpruned prefill (3449 tokens, 117 ms of GPU work) is far enough ahead not to no
 `CompiledPrefill` compiles each decoder layer (dynamic lengths) into fused kernels with a small
 host-side wrapper, active only around the graph decoder's prefill and, with `compile_prefill(steps=True)`
 (VideoQA's choice, section 14), around its decode steps, whose CUDA graphs then hold the fused kernels.
-The cache update is left out of the compiled graphs (`PrefillCache`): each layer picks its own cache
-tensors by its index, and traced, that index would make one graph per layer; outside, one set of
-graphs serves every layer and every prompt length, and one more set every one-token step.
+Each layer picks its own cache tensors by its index, and traced, that index would make one graph per
+layer. By default (`StackedPrefillCache`) all layers' keys and values are views of one tensor, indexed by
+the layer's index as a symbolic integer: each layer call is one graph, shared by every layer but the
+first and by every prompt length, and one more set serves every one-token step. Without stacking
+(`PrefillCache`) the cache update stays out of the graphs, which splits each layer in four (H200, 8B
+prefill: 35 ms of host time against 20 stacked, a compilation of 86 s against 19; section 17).
 `deepstack_without_waits` adds the deepstack features with indices computed on the device
-(`torch.nonzero_static`), the same sums as transformers' boolean indexing without waiting for the GPU.
+(`torch.nonzero_static`), the same sums as transformers' boolean indexing without waiting for the GPU;
+`placeholders_without_waits` finds the video placeholders without transformers' count check (`.item()`).
 
 On a GPU the compiled graphs launch their kernels from C++ (`inductor_options`, Inductor's "cpp_wrapper"):
 with Inductor's Python wrapper V-CAST's 32-frame prefill waited for the host in every round (H200, one
@@ -31,12 +35,14 @@ from collections.abc import Iterator
 import torch
 from transformers import StaticCache
 
+from .decode import PassCache
+
 # Decoder layers whose prefill is compiled (measured on an H200); others run eagerly.
 COMPILED_PREFILL_LAYERS = frozenset({"Qwen3VLTextDecoderLayer"})
 
 
-class PrefillCache(StaticCache):
-    """A StaticCache whose `update` stays outside torch.compile's graphs (a graph break): the compiled
+class PrefillCache(PassCache):
+    """A StaticCache (a `PassCache`) whose `update` stays outside torch.compile's graphs (a graph break): the compiled
     part of a layer then holds no layer index, so all layers share it. Eager callers see no difference."""
 
     @torch.compiler.disable
@@ -49,7 +55,8 @@ class StackedPrefillCache(PrefillCache):
     first dimension, and whose `update` is traced: the compiled layers then index those tensors with the layer's index
     as a symbolic integer, so a whole decoder layer is one compiled graph shared by every layer (Inductor's in-place
     rewriting specialises layer 0: two graphs in all) instead of four around a graph break. Fewer graphs, less host
-    work per layer. Allocated by `stack_on` (`DecodeCaches` does it); until then it is a plain StaticCache."""
+    work per layer: the graph decoder's default on one device (`GraphDecoder.compile_prefill`). Allocated by
+    `stack_on` (`DecodeCaches` does it); until then it is a plain StaticCache."""
 
     stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -170,3 +177,36 @@ def deepstack_without_waits(model) -> bool:
         return False
     language_model._deepstack_process = types.MethodType(_deepstack_by_index, language_model)
     return True
+
+
+def _placeholder_masks(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None,
+                       image_features: torch.Tensor | None = None,
+                       video_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """transformers' `get_placeholder_mask` of the Qwen and LLaVA-OneVision families (the same masks: where the ids
+    are the image / video placeholder, as (B, L, 1)) without its count check, whose `.item()` makes the host wait for
+    every kernel queued before (the vision tower and the selection). The count is checked on the host instead, when the
+    prompt is encoded (`VideoQA.encode`), and the pass inputs keep exactly one feature row per kept placeholder."""
+    if input_ids is None:  # the masks from the embeddings: transformers' own route
+        original = type(self).get_placeholder_mask
+        return original(self, input_ids, inputs_embeds=inputs_embeds, image_features=image_features,
+                        video_features=video_features)
+    config = self.config
+    image = (input_ids == config.image_token_id).unsqueeze(-1).to(inputs_embeds.device)
+    video = (input_ids == config.video_token_id).unsqueeze(-1).to(inputs_embeds.device)
+    return image, video
+
+
+@contextlib.contextmanager
+def placeholders_without_waits(model) -> Iterator[None]:
+    """Inside this block `model`'s multimodal model finds its placeholders with `_placeholder_masks`; a model without
+    transformers' `get_placeholder_mask` is left alone."""
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(type(inner), "get_placeholder_mask"):
+        yield
+        return
+    inner.get_placeholder_mask = types.MethodType(_placeholder_masks, inner)
+    try:
+        yield
+    finally:
+        del inner.get_placeholder_mask
+

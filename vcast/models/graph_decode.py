@@ -32,11 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import StaticCache
 
 from .base import PassInputs, cache_argument, generation_attention
-from .compiled_prefill import CompiledPrefill, PrefillCache, StackedPrefillCache, deepstack_without_waits
-from .decode import DecodeCaches
+from .compiled_prefill import (
+    CompiledPrefill,
+    PrefillCache,
+    StackedPrefillCache,
+    deepstack_without_waits,
+    placeholders_without_waits,
+)
+from .decode import DecodeCaches, PassCache
 from .decode_kernels import FastDecodeStep, FilledSlots
 
 logger = logging.getLogger(__name__)
@@ -187,16 +192,19 @@ class GraphDecoder:
         # happens between the first and the second token, so it is inside the pass's decode time.
         self.recording_ms: float | None = None
 
-    def compile_prefill(self, *, steps: bool = False, options: dict | None = None, stacked: bool = False) -> None:
+    def compile_prefill(self, *, steps: bool = False, options: dict | None = None, stacked: bool = True) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
         ValueError for a model it does not serve). The first prefills compile. Kept caches are dropped: from now
         on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with.
         `steps`: the decode step runs the same compiled layers too (one more graph set, for one-token inputs,
         compiled by the first step; the recorded step then replays Inductor's fused kernels).
-        `options`: Inductor's (default: `inductor_options`, the C++ wrapper on a GPU). `stacked`: the caches are
-        `StackedPrefillCache`s, whose traced update makes each layer one compiled graph (a trial, not the default)."""
+        `options`: Inductor's (default: `inductor_options`, the C++ wrapper on a GPU). `stacked` (the default, where
+        the model sits on one device): the caches are `StackedPrefillCache`s, whose traced update makes each layer one
+        compiled graph; False: `PrefillCache`s, each layer's graphs split around its cache update (H200: 35 against
+        20 ms of host time per 8B prefill, and a compilation four times as long; docs/BENCHMARKS.md section 17)."""
         self.compiled_prefill = CompiledPrefill(self.model, options=options)
         self.compiled_steps = steps
+        stacked = stacked and self.device is not None  # a cache spread over devices cannot be one tensor
         self.caches.cache_class = StackedPrefillCache if stacked else PrefillCache
         self.caches.clear()
 
@@ -204,7 +212,7 @@ class GraphDecoder:
         """Undo `compile_prefill`."""
         self.compiled_prefill = None
         self.compiled_steps = False
-        self.caches.cache_class = StaticCache
+        self.caches.cache_class = PassCache
         self.caches.clear()
 
     def prefill(self, pass_inputs: PassInputs, cache, *, logits_to_keep: int | None = 1):
@@ -212,6 +220,11 @@ class GraphDecoder:
         attention backends (`generation_attention`). Compiled where `compile_prefill` was called and `cache` is a
         `PrefillCache` (with another cache, traced, each layer's index would compile a graph of its own: eager)."""
         kwargs = dict(pass_inputs.generate_kwargs(), use_cache=True, **{self._cache_keyword: cache})
+        # No host waits from here to the logits, so the host queues the prefill while the GPU still runs the vision
+        # tower: the attention mask (all ones: one unpadded prompt) is left out, the empty cache states its offset on
+        # the host (`PassCache`), and the placeholders are found without transformers' count check (checked on the
+        # host at encoding). Each of these read a device value on the host, waiting for every kernel queued before.
+        kwargs.pop("attention_mask", None)
         if self._takes_logits_to_keep and logits_to_keep is not None:
             kwargs["logits_to_keep"] = logits_to_keep
         if self._takes_cache_position:
@@ -219,8 +232,15 @@ class GraphDecoder:
                                                     device=pass_inputs.input_ids.device)  # fmt: skip
         compiled = self.compiled_prefill if isinstance(cache, PrefillCache) else None
         layers = compiled.active() if compiled is not None else contextlib.nullcontext()
-        with generation_attention(pass_inputs.input_ids.device), layers:
-            return self.model(**kwargs)
+        stated = isinstance(cache, PassCache)
+        if stated:
+            cache.host_offset = 0  # a prefill fills an empty cache
+        try:
+            with generation_attention(pass_inputs.input_ids.device), layers, placeholders_without_waits(self.model):
+                return self.model(**kwargs)
+        finally:
+            if stated:
+                cache.host_offset = None
 
     @property
     def mode(self) -> str:
