@@ -477,8 +477,9 @@ def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
 
 VISION_SETTINGS = ("app", "eager", "compiled")
 # "app": the decoder layers compiled for the prefill and the decode steps, as the app; "prefill-only": for the prefill,
-# the steps recording the eager kernels (before 2026-12-03); "eager": neither
-PREFILL_SETTINGS = ("app", "prefill-only", "eager", "stacked")
+# the steps recording the eager kernels (before 2026-12-03); "eager": neither; "unstacked": as the app before the
+# stacked caches (before 2026-12-03's fifth session: each layer's graphs split around its cache update)
+PREFILL_SETTINGS = ("app", "prefill-only", "eager", "unstacked")
 
 
 def served_model(name: str, *, vision: str = "app", prefill: str = "app", **options) -> VideoQA:
@@ -486,8 +487,9 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     serves that model on this machine (for Qwen3-VL on a CUDA GPU compiled, warmed up on 32 frames and frozen by
     `catalogue.warm_up_for_serving`; eager otherwise); "eager"; "compiled" (compiled for any family, no warm-up, not
     frozen). `prefill` "app": the LLM's decoder layers compiled where the app compiles them (`compile_prefill`, with
-    the vision tower), for the prefill and the decode steps; "prefill-only": for the prefill only; "eager": not;
-    "stacked": as "app", with the caches' layers stacked so that each layer is one compiled graph (a trial).
+    the vision tower), for the prefill and the decode steps, with stacked caches (each layer one compiled graph);
+    "prefill-only": for the prefill only; "eager": not; "unstacked": as "app", with a cache per layer whose update
+    splits each layer's graphs (the app before stacked caches).
     Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
     if vision not in VISION_SETTINGS:
         raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
@@ -500,8 +502,8 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     qa = VideoQA.random_weights(name, **options)
     if prefill == "prefill-only" and qa.graph_decoder is not None:
         qa.graph_decoder.compiled_steps = False
-    if prefill == "stacked" and qa.prefill_compiled:  # the trial: each layer one compiled graph (StackedPrefillCache)
-        qa.graph_decoder.compile_prefill(steps=True, stacked=True)
+    if prefill == "unstacked" and qa.prefill_compiled:  # each layer's graphs split around the cache update
+        qa.graph_decoder.compile_prefill(steps=True, stacked=False)
     if vision == "app":
         clip = synthetic_clip(catalogue.COMPILED_WARM_UP_FRAMES, 360, 640)  # the app's example clips are 640 x 360
         seconds = catalogue.warm_up_for_serving(qa, clip)
@@ -573,8 +575,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefill", choices=PREFILL_SETTINGS, default="app",
                         help="the LLM's decoder layers as the app serves them (default: compiled for the prefill "
                         "and the decode steps for dense Qwen3-VL on a GPU, with the vision tower), prefill-only, "
-                        "eager, or stacked (the app's, with StackedPrefillCache: each layer one compiled "
-                        "graph)")  # fmt: skip
+                        "eager, or unstacked (the app's, with a cache per layer: each layer's graphs split "
+                        "around its cache update, the default before 2026-12-03's fifth session)")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "

@@ -21,7 +21,8 @@ instead times the graph decoder's compiled prefill (the app's, `GraphDecoder.com
 wrappers, in one process on one host: "python", Inductor's default, launches each graph's kernels from generated
 Python; "cpp" from generated C++ (`inductor_options`, the app's choice on a GPU); "-stacked" after either gives the
 decoder `StackedPrefillCache`s, whose traced update makes each decoder layer one graph. Each wrapper's first prefills
-compile (`compile_s`); then rounds alternate the wrappers, and each row keeps host_ms and gpu_ms as above.
+compile (`compile_s`); then rounds alternate the wrappers, and each row keeps host_ms and gpu_ms as above and, on a
+GPU, one more prefill's CUDA kernels by kind ("kernels": matrix products, attention, Inductor's fused kernels, ...).
 """
 
 from __future__ import annotations
@@ -135,6 +136,28 @@ def timed_decoder_prefill(decoder: GraphDecoder, pass_inputs) -> tuple[float, fl
     return host_and_gpu_ms(run, pass_inputs.input_ids.device.type == "cuda")
 
 
+def kernels_by_kind(run) -> dict:
+    """The CUDA kernels of one `run()` by kind (`kernel_kind`): {kind: {"count", "ms"}}, their total as "all", and the
+twelve longest kernels as "top" ([name, ms, calls])."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.profile_vision import kernel_kind
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    names: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            for key, table in ((kernel_kind(event.name), kinds), ("all", kinds), (event.name[:80], names)):
+                table[key][0] += 1
+                table[key][1] += event.device_time_total / 1000
+    out = {kind: {"count": count, "ms": round(ms, 2)} for kind, (count, ms) in sorted(kinds.items())}
+    top = sorted(names.items(), key=lambda item: -item[1][1])[:12]
+    return {**out, "top": [[name, round(ms, 2), count] for name, (count, ms) in top]}
+
+
 def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int) -> list[dict]:
     """The compiled prefill with each of Inductor's `wrappers`, one graph decoder each, rounds alternating them."""
     decoders = {}
@@ -168,6 +191,11 @@ def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int)
                    "host_ms_runs": [round(t[0], 1) for t in measured],
                    "gpu_ms_runs": [round(t[1], 1) for t in measured],
                    "compile_s": round(compile_s[name], 1)}  # fmt: skip
+            if qa.device.type == "cuda":
+                decoder, pass_inputs = decoders[name], passes[method]
+                cache = decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + 64)
+                with torch.inference_mode():
+                    row["kernels"] = kernels_by_kind(lambda: decoder.prefill(pass_inputs, cache))  # noqa: B023
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

@@ -249,12 +249,12 @@ def test_the_prefill_profile_times_the_compiled_prefill_with_each_of_inductors_w
 
 
 @pytest.mark.parametrize(("prefill", "compiled", "steps", "cache"), [
-    ("app", True, True, "PrefillCache"), ("prefill-only", True, False, "PrefillCache"),
-    ("eager", False, False, "StaticCache"), ("stacked", True, True, "StackedPrefillCache")])  # fmt: skip
+    ("app", True, True, "StackedPrefillCache"), ("prefill-only", True, False, "StackedPrefillCache"),
+    ("eager", False, False, "PassCache"), ("unstacked", True, True, "PrefillCache")])  # fmt: skip
 def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkeypatch, prefill, compiled, steps, cache):
-    """`--prefill app|prefill-only|eager|stacked` of every GPU benchmark: the app's compiled layers for the prefill and
-    the decode steps, for the prefill only, neither, or the app's with stacked caches. The tiny model stands in for the
-    real shapes (on the CPU the graph decoder runs its steps eagerly through the same layers)."""
+    """`--prefill app|prefill-only|eager|unstacked` of every GPU benchmark: the app's compiled layers (stacked caches)
+    for the prefill and the decode steps, for the prefill only, neither, or the app's with a cache per layer. The tiny
+    model stands in for the real shapes (on the CPU the graph decoder runs its steps eagerly through the layers)."""
     monkeypatch.setattr(bench.catalogue, "compiles_by_default", lambda model_id: True)  # as on a dedicated GPU
     built = {}
 
@@ -268,7 +268,7 @@ def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkey
     assert qa.prefill_compiled is compiled
     assert qa.graph_decoder.compiled_steps is steps
     assert type(qa.graph_decoder.caches.get(8)).__name__ == cache
-    with pytest.raises(ValueError, match="prefill must be one of app, prefill-only, eager, stacked"):
+    with pytest.raises(ValueError, match="prefill must be one of app, prefill-only, eager, unstacked"):
         bench.served_model("8B", prefill="steps")
 
 
