@@ -78,6 +78,27 @@ def test_from_the_encoded_video_to_the_prefills_logits_the_host_never_waits(fami
         assert inputs.num_visual_tokens == int(selection.keep.shape[0]) + (0 if prepared.features.tail is None else 1)
 
 
+@CUDA
+@pytest.mark.parametrize("method", ["vcast", "unpruned"])
+def test_on_a_gpu_selection_pass_inputs_and_prefill_never_synchronize(method, clip):
+    """PyTorch's sync debug mode raises on any operation that makes the host wait for the GPU."""
+    model_qa, _ = _pair("qwen3_vl", "cuda")
+    decoder = GraphDecoder(model_qa.model)
+    model_qa.prepare(clip, QUESTION)  # the first video of a size computes its geometry once (with a wait)
+    prepared = model_qa.prepare(clip, QUESTION)
+    with torch.inference_mode():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            selection = model_qa.select(prepared, "vcast") if method == "vcast" else None
+            inputs = model_qa.pass_inputs(prepared, selection)
+            cache = decoder.caches.get(int(inputs.input_ids.shape[1]) + 4)
+            logits = decoder.prefill(inputs, cache).logits
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        expected = model_qa.model(**inputs.generate_kwargs(), logits_to_keep=1).logits
+    torch.testing.assert_close(logits, expected)
+
+
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_placeholders_found_without_waits_are_transformers_masks(family, clip):
     model_qa = VideoQA.tiny(family=family, graph_decode=False)
