@@ -250,7 +250,7 @@ def test_the_prefill_profile_times_the_compiled_prefill_with_each_of_inductors_w
 
 @pytest.mark.parametrize(("prefill", "compiled", "steps", "cache"), [
     ("app", True, True, "StackedPrefillCache"), ("prefill-only", True, False, "StackedPrefillCache"),
-    ("eager", False, False, "PassCache"), ("unstacked", True, True, "PrefillCache")])  # fmt: skip
+    ("eager", False, False, "StaticCache"), ("unstacked", True, True, "PrefillCache")])  # fmt: skip
 def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkeypatch, prefill, compiled, steps, cache):
     """`--prefill app|prefill-only|eager|unstacked` of every GPU benchmark: the app's compiled layers (stacked caches)
     for the prefill and the decode steps, for the prefill only, neither, or the app's with a cache per layer. The tiny

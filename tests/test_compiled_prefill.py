@@ -147,7 +147,7 @@ def test_use_eager_prefill_undoes_it(pair):
     qa = VideoQA(plain.model, plain.processor, model_id=plain.model_id, graph_decode=True, compile_prefill=True)
     assert qa.graph_decoder.compiled_steps
     qa.use_eager_prefill()
-    assert not qa.prefill_compiled and type(qa.graph_decoder.caches.get(8)).__name__ == "PassCache"
+    assert not qa.prefill_compiled and type(qa.graph_decoder.caches.get(8)).__name__ == "StaticCache"
     assert not qa.graph_decoder.compiled_steps
 
 

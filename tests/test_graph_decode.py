@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from benchmarks.bench import synthetic_clip
-from benchmarks.profile_prefill import HostWaits
 from vcast.models import decode_kernels
-from vcast.models.compiled_prefill import _placeholder_masks, deepstack_without_waits
 from vcast.models.configs import TINY_FAMILIES
 from vcast.models.decode_kernels import FastDecodeStep, FilledSlots, decode_attention
 from vcast.models.graph_decode import GraphDecoder, Sampling, sampling_for
@@ -50,69 +48,6 @@ def test_every_family_answers_token_for_token_as_generate_does(family, clip):
         assert got.passes[name].metrics.decoding == "eager_loop"  # on a CPU: the step unrecorded
     assert got.full.token_ids == expected.full.token_ids and len(got.full.token_ids) == 12
     assert graphed.graph_decoder.recording_ms is None  # nothing recorded on a CPU
-
-
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-@pytest.mark.parametrize("method", ["vcast", "unpruned"])
-def test_from_the_encoded_video_to_the_prefills_logits_the_host_never_waits(family, method, clip):
-    """On a GPU, reading a device value on the host waits for every kernel queued before it: the whole vision tower.
-    Selection, pass inputs and the graph decoder's prefill read none (operations that would, counted by dispatch on
-    the CPU), so the host queues the prefill while the GPU still encodes; and the logits are the plain forward's,
-    which keeps transformers' checks and the attention mask."""
-    model_qa = VideoQA.tiny(family=family, graph_decode=False)
-    decoder = GraphDecoder(model_qa.model)
-    deepstack_without_waits(model_qa.model)  # what the decoder does on a GPU
-    prepared = model_qa.prepare(clip, QUESTION)
-    spy = HostWaits()
-    with torch.inference_mode():
-        with spy:
-            selection = model_qa.select(prepared, "vcast") if method == "vcast" else None
-            inputs = model_qa.pass_inputs(prepared, selection)
-            cache = decoder.caches.get(int(inputs.input_ids.shape[1]) + 4)
-            logits = decoder.prefill(inputs, cache).logits
-        assert not spy.where, spy.where
-        assert cache.host_offset is None  # stated for the prefill only
-        expected = model_qa.model(**inputs.generate_kwargs(), logits_to_keep=1).logits
-    torch.testing.assert_close(logits, expected)
-    if selection is not None:
-        assert inputs.num_visual_tokens == int(selection.keep.shape[0]) + (0 if prepared.features.tail is None else 1)
-
-
-@CUDA
-@pytest.mark.parametrize("method", ["vcast", "unpruned"])
-def test_on_a_gpu_selection_pass_inputs_and_prefill_never_synchronize(method, clip):
-    """PyTorch's sync debug mode raises on any operation that makes the host wait for the GPU."""
-    model_qa, _ = _pair("qwen3_vl", "cuda")
-    decoder = GraphDecoder(model_qa.model)
-    model_qa.prepare(clip, QUESTION)  # the first video of a size computes its geometry once (with a wait)
-    prepared = model_qa.prepare(clip, QUESTION)
-    with torch.inference_mode():
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            selection = model_qa.select(prepared, "vcast") if method == "vcast" else None
-            inputs = model_qa.pass_inputs(prepared, selection)
-            cache = decoder.caches.get(int(inputs.input_ids.shape[1]) + 4)
-            logits = decoder.prefill(inputs, cache).logits
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        expected = model_qa.model(**inputs.generate_kwargs(), logits_to_keep=1).logits
-    torch.testing.assert_close(logits, expected)
-
-
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_placeholders_found_without_waits_are_transformers_masks(family, clip):
-    model_qa = VideoQA.tiny(family=family, graph_decode=False)
-    prepared = model_qa.prepare(clip, QUESTION)
-    inner, ids = model_qa.model.model, prepared.inputs["input_ids"]
-    embeds = model_qa.model.get_input_embeddings()(ids)
-    rows = prepared.features.num_tokens
-    video = torch.zeros(rows, embeds.shape[-1])
-    got = _placeholder_masks(inner, ids, inputs_embeds=embeds, video_features=video)
-    expected = inner.get_placeholder_mask(ids, inputs_embeds=embeds, video_features=video)
-    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True)) and int(got[1].sum()) == rows
-    model_qa.adapter.check_video_tokens(ids, rows)
-    with pytest.raises(ValueError, match=f"the prompt holds {rows} video tokens but the video has {rows + 1}"):
-        model_qa.adapter.check_video_tokens(ids, rows + 1)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -137,8 +137,7 @@ class Prepared:
     (ids on the model's device, pixels on the host); features: the vision tower's output
     (`features.grouped()`: (T, N, D), what selection methods take); positions: the model's own
     unpruned position ids of the prompt ((3, 1, L) for the Qwen families, (1, L) for LLaVA-OneVision);
-    vision_ms: the vision tower plus positions (read from the timer's CUDA events when first asked, so that encoding
-    leaves the host free to queue the passes while the GPU still encodes); vision_peak_mb: peak memory during it.
+    vision_ms: the vision tower plus positions; vision_peak_mb: peak memory during it.
     """
 
     clip: VideoClip
@@ -146,14 +145,10 @@ class Prepared:
     inputs: Any
     features: VisionFeatures
     positions: torch.Tensor
-    vision_timer: _Timer
+    vision_ms: float
     vision_peak_mb: float
     group_times: list[float]
     processed_size: tuple[int, int]
-
-    @property
-    def vision_ms(self) -> float:
-        return self.vision_timer.ms
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -214,13 +209,10 @@ class QAResult:
 
 
 class _Timer:
-    """Wall-clock milliseconds of a region (`ms`); on CUDA, measured with events around the region. `lazy`: the end
-    event is waited for when `ms` is first read, not when the region ends (on CUDA, waiting makes the host idle until
-    every kernel queued so far has run)."""
+    """Wall-clock milliseconds of a region; on CUDA, measured with events around the region."""
 
-    def __init__(self, device: torch.device, *, lazy: bool = False):
-        self.cuda, self.lazy = device.type == "cuda", lazy
-        self._ms: float | None = None
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
 
     def __enter__(self):
         if self.cuda:
@@ -230,20 +222,12 @@ class _Timer:
         return self
 
     def __exit__(self, *exc):
-        if not self.cuda:
-            self._ms = (time.perf_counter() - self._t0) * 1000.0
-            return
-        self._end.record()
-        if not self.lazy:
+        if self.cuda:
+            self._end.record()
             self._end.synchronize()
-            self._ms = self._start.elapsed_time(self._end)
-
-    @property
-    def ms(self) -> float:
-        if self._ms is None:
-            self._end.synchronize()
-            self._ms = self._start.elapsed_time(self._end)
-        return self._ms
+            self.ms = self._start.elapsed_time(self._end)
+        else:
+            self.ms = (time.perf_counter() - self._t0) * 1000.0
 
 
 class _PassStreamer(BaseStreamer):
@@ -825,16 +809,13 @@ class VideoQA:
     def _encode(self, prompt: Prompt, cancel: threading.Event) -> Prepared:
         self._check(cancel)
         self._reset_peak()
-        vision = _Timer(self.device, lazy=True)  # no wait for the GPU here: the passes queue behind the tower
-        with torch.inference_mode(), self._vision_backends(), self._vision_stance(), vision:
+        with torch.inference_mode(), self._vision_backends(), self._vision_stance(), _Timer(self.device) as vision:
             on_host = self.adapter.prompt_on_host(prompt.inputs)
             features = self.adapter.encode(prompt.inputs, chunk_patches=self.vision_chunk_patches)
             positions = self.adapter.positions(on_host, device=self.device)  # overlaps the GPU work
-        # on the host copy: the passes find the placeholders on the device without counting them again
-        self.adapter.check_video_tokens(on_host["input_ids"], features.num_tokens)
         return Prepared(
             clip=prompt.clip, question=prompt.question, inputs=prompt.inputs, features=features, positions=positions,
-            vision_timer=vision, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),
+            vision_ms=vision.ms, vision_peak_mb=self._peak_memory(), group_times=self.adapter.group_times(prompt.clip),
             processed_size=self.adapter.processed_size(features),
         )  # fmt: skip
 

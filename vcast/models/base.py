@@ -227,17 +227,14 @@ class ModelAdapter(ABC):
 
     # -- shared helpers -----------------------------------------------------------------------------
 
-    def check_video_tokens(self, input_ids: torch.Tensor, expected: int) -> None:
-        """ValueError unless the (1, L) prompt holds `expected` video placeholder tokens. Give it the host copy of
-        the ids: counting on a GPU makes the host wait for every kernel queued before (VideoQA checks at encoding)."""
-        count = int((input_ids[0] == self.video_token_id).sum())
+    def video_token_slots(self, input_ids: torch.Tensor, expected: int) -> torch.Tensor:
+        """(expected,) sequence indices of the video placeholder tokens of a (1, L) prompt."""
+        video_token_id = self.video_token_id
+        is_video = input_ids[0] == video_token_id  # (L,)
+        count = int(is_video.sum())
         if count != expected:
             raise ValueError(f"the prompt holds {count} video tokens but the video has {expected}")
-
-    def video_token_slots(self, input_ids: torch.Tensor, expected: int) -> torch.Tensor:
-        """(expected,) sequence indices of the video placeholder tokens of a (1, L) prompt, found on the ids' device
-        without a host wait; the prompt must hold `expected` of them (`check_video_tokens`)."""
-        return torch.nonzero_static(input_ids[0] == self.video_token_id, size=expected).squeeze(1)
+        return is_video.nonzero().squeeze(1)
 
     @property
     def video_token_id(self) -> int:
@@ -255,17 +252,6 @@ class ModelAdapter(ABC):
         frames = int(features.embeds.shape[0])
         keep[slots[frames:]] = True  # the tail (after the frame tokens) is never pruned
         return keep
-
-    def kept_sequence(self, input_ids: torch.Tensor, features: VisionFeatures,
-                      selection: Selection | None) -> torch.Tensor | None:  # fmt: skip
-        """(L',) ascending indices of the prompt positions a pass keeps (`sequence_keep`), found on the device without
-        a host wait (their count is known on the host: the prompt less the dropped frame tokens); None when a pass
-        keeps every position (no selection)."""
-        if selection is None:
-            return None
-        keep = self.sequence_keep(input_ids, features, selection)
-        length = int(input_ids.shape[1]) - int(features.embeds.shape[0]) + int(selection.keep.shape[0])
-        return torch.nonzero_static(keep, size=length).squeeze(1)
 
 
 _FAMILIES: dict[str, type[ModelAdapter]] = {}

@@ -49,23 +49,10 @@ def _layer_devices(model, count: int) -> list[torch.device]:
     return [next(layer.parameters()).device for layer in layers]
 
 
-class PassCache(StaticCache):
-    """A StaticCache whose query offset the host can state: while `host_offset` is an int, `get_query_offset` returns
-    it. transformers reads a static cache's offset from the counter on the device and compares it in Python to
-    choose the causal attention path (`q_offset == 0`), which makes the host wait for every kernel queued before it;
-    at a prefill, that is the whole vision tower and the selection. The graph decoder's prefill, which always starts
-    an empty cache, sets it to 0 (`GraphDecoder.prefill`). None (the default): a plain StaticCache."""
-
-    host_offset: int | None = None
-
-    def get_query_offset(self, layer_idx: int = 0):
-        return super().get_query_offset(layer_idx) if self.host_offset is None else self.host_offset
-
-
 class DecodeCaches:
     """Static KV caches for one model, of lengths rounded up to a multiple of `bucket`.
 
-    `get(tokens)` returns an empty `PassCache` (a StaticCache) of at least `tokens` slots (prompt + new
+    `get(tokens)` returns an empty `StaticCache` of at least `tokens` slots (prompt + new
     tokens). With `kept=0` it is a new cache each time, held by nobody else. With `kept=N` the
     N most recently used caches are kept, one per rounded length, and the same object comes
     back for its length; keep one per method that alternates (V-CAST and unpruned: 2). The caches
@@ -83,7 +70,7 @@ class DecodeCaches:
         self.layer_devices = _layer_devices(model, text.num_hidden_layers)
         # weights offloaded by accelerate sit on "meta" until their layer runs: allocate lazily then
         self.offloaded = any(device.type == "meta" for device in self.layer_devices)
-        self.cache_class: type[StaticCache] = PassCache  # PrefillCache (a PassCache) where the prefill is compiled
+        self.cache_class: type[StaticCache] = StaticCache  # a subclass where the prefill is compiled (PrefillCache)
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self._caches: OrderedDict[int, StaticCache] = OrderedDict()

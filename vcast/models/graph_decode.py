@@ -32,16 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from transformers import StaticCache
 
 from .base import PassInputs, cache_argument, generation_attention
-from .compiled_prefill import (
-    CompiledPrefill,
-    PrefillCache,
-    StackedPrefillCache,
-    deepstack_without_waits,
-    placeholders_without_waits,
-)
-from .decode import DecodeCaches, PassCache
+from .compiled_prefill import CompiledPrefill, PrefillCache, StackedPrefillCache, deepstack_without_waits
+from .decode import DecodeCaches
 from .decode_kernels import FastDecodeStep, FilledSlots
 
 logger = logging.getLogger(__name__)
@@ -212,7 +207,7 @@ class GraphDecoder:
         """Undo `compile_prefill`."""
         self.compiled_prefill = None
         self.compiled_steps = False
-        self.caches.cache_class = PassCache
+        self.caches.cache_class = StaticCache
         self.caches.clear()
 
     def prefill(self, pass_inputs: PassInputs, cache, *, logits_to_keep: int | None = 1):
@@ -220,11 +215,6 @@ class GraphDecoder:
         attention backends (`generation_attention`). Compiled where `compile_prefill` was called and `cache` is a
         `PrefillCache` (with another cache, traced, each layer's index would compile a graph of its own: eager)."""
         kwargs = dict(pass_inputs.generate_kwargs(), use_cache=True, **{self._cache_keyword: cache})
-        # No host waits from here to the logits, so the host queues the prefill while the GPU still runs the vision
-        # tower: the attention mask (all ones: one unpadded prompt) is left out, the empty cache states its offset on
-        # the host (`PassCache`), and the placeholders are found without transformers' count check (checked on the
-        # host at encoding). Each of these read a device value on the host, waiting for every kernel queued before.
-        kwargs.pop("attention_mask", None)
         if self._takes_logits_to_keep and logits_to_keep is not None:
             kwargs["logits_to_keep"] = logits_to_keep
         if self._takes_cache_position:
@@ -232,15 +222,8 @@ class GraphDecoder:
                                                     device=pass_inputs.input_ids.device)  # fmt: skip
         compiled = self.compiled_prefill if isinstance(cache, PrefillCache) else None
         layers = compiled.active() if compiled is not None else contextlib.nullcontext()
-        stated = isinstance(cache, PassCache)
-        if stated:
-            cache.host_offset = 0  # a prefill fills an empty cache
-        try:
-            with generation_attention(pass_inputs.input_ids.device), layers, placeholders_without_waits(self.model):
-                return self.model(**kwargs)
-        finally:
-            if stated:
-                cache.host_offset = None
+        with generation_attention(pass_inputs.input_ids.device), layers:
+            return self.model(**kwargs)
 
     @property
     def mode(self) -> str:

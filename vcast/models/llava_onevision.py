@@ -90,18 +90,17 @@ class LlavaOnevisionAdapter(ModelAdapter):
     def pass_inputs(self, inputs, features: VisionFeatures, positions: torch.Tensor,
                     selection: Selection | None = None) -> PassInputs:  # fmt: skip
         input_ids = inputs["input_ids"]  # (1, L)
-        kept = self.kept_sequence(input_ids, features, selection)  # (L',), None: all; the newline is always kept
+        seq_keep = self.sequence_keep(input_ids, features, selection)  # (L,): the newline is always kept
         if selection is not None:
             selection = selection_on(selection, features.embeds.device)
         frames = kept_rows(features.embeds, selection)  # (K, D)
         video = torch.cat([frames, features.tail], dim=0).unsqueeze(0)  # (1, K+1, D)
-        kept_ids = input_ids if kept is None else input_ids[:, kept]  # (1, L')
+        kept_ids = input_ids[:, seq_keep]  # (1, L')
         return PassInputs(
             input_ids=kept_ids,
             # V-CAST: always explicit; gapped position ids without a mask would be read as packed sequences.
             attention_mask=torch.ones_like(kept_ids),
-            # (1, L') original positions, with gaps
-            position_ids=positions if kept is None else positions[:, kept.to(positions.device)],
+            position_ids=positions[:, seq_keep],  # (1, L') original positions, with gaps
             mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)},
             num_visual_tokens=int(video.shape[1]),
         )

@@ -134,17 +134,16 @@ class MRopeAdapter(ModelAdapter):
         """Kept video tokens keep their original rotary positions (rows 1-3); dropped ones vanish
         from the ids, the features and every per-token layer alike, so the LLM never sees them."""
         input_ids = inputs["input_ids"]  # (1, L)
-        kept = self.kept_sequence(input_ids, features, selection)  # (L',), None: all
+        seq_keep = self.sequence_keep(input_ids, features, selection)  # (L,)
         if selection is not None:
             selection = selection_on(selection, features.embeds.device)
         # V-CAST: the same selection slices (or merges) the merged tokens and every deepstack layer.
         embeds = kept_rows(features.embeds, selection)
         extras = tuple(kept_rows(layer, selection) for layer in features.extras)
-        kept_ids = input_ids if kept is None else input_ids[:, kept]  # (1, L')
+        kept_ids = input_ids[:, seq_keep]  # (1, L')
         length = kept_ids.shape[1]
         text_row = torch.arange(length, device=input_ids.device).view(1, 1, length)
-        kept_positions = positions if kept is None else positions[:, :, kept.to(positions.device)]
-        position_ids = torch.cat([text_row, kept_positions], dim=0)  # (4, 1, L')
+        position_ids = torch.cat([text_row, positions[:, :, seq_keep]], dim=0)  # (4, 1, L')
         return PassInputs(
             input_ids=kept_ids,
             attention_mask=torch.ones_like(kept_ids),
