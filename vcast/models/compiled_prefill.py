@@ -82,8 +82,8 @@ class StackedPrefillCache(PrefillCache):
         slots = torch.arange(count, device=keys.device) + length
         length.add_(count)
         # Written into the stacked tensors themselves, not through the layer's view: Inductor updates a graph input in
-        # place, but an update through a view of one it makes on a copy of the view (every slot of the layer, at each
-        # prefill and decode step: a CPU check took 14.5 ms instead of 0.08 per update of a layer of 8192 slots).
+        # place, but an update through a view of one it makes on a copy of the view, i.e. of every slot of the layer at
+        # each prefill and decode step (H200: unpruned 128-frame decoding at 112 tokens/s instead of 143; section 17).
         layer = torch.full((), layer_idx, dtype=torch.long, device=keys.device)
         # (layers, batch, heads, slots, dim) indexed by layer and slots: rows of (count, batch, heads, dim)
         index = [layer, None, None, slots]
