@@ -482,6 +482,11 @@ VISION_SETTINGS = ("app", "eager", "compiled")
 PREFILL_SETTINGS = ("app", "prefill-only", "eager", "unstacked")
 
 
+# Served models kept and handed out again for the same arguments, when a runner sets this to a dict (one start-up for
+# several measurements of one process: benchmarks/answer_suite.py); None, the default: every call builds its own.
+SHARED_MODELS: dict[str, VideoQA] | None = None
+
+
 def served_model(name: str, *, vision: str = "app", prefill: str = "app", **options) -> VideoQA:
     """`VideoQA.random_weights(name, **options)` with its vision tower as `vision` says: "app", as `python app.py`
     serves that model on this machine (for Qwen3-VL on a CUDA GPU compiled, warmed up on 32 frames and frozen by
@@ -495,6 +500,9 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
         raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
     if prefill not in PREFILL_SETTINGS:
         raise ValueError(f"prefill must be one of {', '.join(PREFILL_SETTINGS)}, got {prefill!r}")
+    key = repr((name, vision, prefill, sorted(options.items())))
+    if SHARED_MODELS is not None and key in SHARED_MODELS:
+        return SHARED_MODELS[key]
     served = catalogue.compiles_by_default(random_weights_id(name))
     compiled = vision == "compiled" or (vision == "app" and served)
     options.setdefault("compile_vision", compiled)
@@ -509,6 +517,8 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
         seconds = catalogue.warm_up_for_serving(qa, clip)
         print(json.dumps({"warm_up_for_serving_s": round(seconds, 1), "vision_compiled": qa.vision_compiled,
                           "prefill_compiled": qa.prefill_compiled}), flush=True)  # fmt: skip
+    if SHARED_MODELS is not None:
+        SHARED_MODELS[key] = qa
     return qa
 
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args(argv)
     qa = served_model(args.model, vision="compiled" if args.compile else args.vision, prefill=args.prefill,
-                      compile_decode=args.compile)
+                      **({"compile_decode": True} if args.compile else {}))  # fmt: skip
     if args.compile and args.keep_caches:
         qa.decode_caches = DecodeCaches(qa.model, kept=args.keep_caches)
     if args.vision_sdpa:

@@ -272,6 +272,24 @@ def test_served_models_compile_the_llm_layers_as_the_prefill_setting_says(monkey
         bench.served_model("8B", prefill="steps")
 
 
+def test_a_runner_can_share_one_served_model_between_measurements(monkeypatch):
+    """`SHARED_MODELS` (benchmarks/answer_suite.py): the same arguments get the model built first; other arguments, or
+    no runner, a model of their own."""
+    built = []
+
+    def tiny(name, **options):
+        built.append(VideoQA.tiny(graph_decode=False))
+        return built[-1]
+
+    monkeypatch.setattr(bench.VideoQA, "random_weights", tiny)
+    monkeypatch.setattr(bench, "SHARED_MODELS", {})
+    first = bench.served_model("8B", vision="eager", prefill="eager")
+    assert bench.served_model("8B", vision="eager", prefill="eager") is first and len(built) == 1
+    assert bench.served_model("8B", vision="eager", prefill="eager", compile_decode=True) is not first
+    monkeypatch.setattr(bench, "SHARED_MODELS", None)
+    assert bench.served_model("8B", vision="eager", prefill="eager") is not first and len(built) == 3
+
+
 def test_the_vision_profile_sorts_kernels_by_kind_and_counts_the_towers_products():
     from benchmarks.profile_vision import kernel_kind, linear_flops
 
