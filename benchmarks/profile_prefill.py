@@ -120,6 +120,13 @@ def kernel_ms(qa: VideoQA, pass_inputs, caches: DecodeCaches) -> tuple[float | N
             [(e.key[:70], round(e.device_time_total / 1000, 2), e.count) for e in top])  # fmt: skip
 
 
+def video_passes(qa: VideoQA, spec: str) -> dict:
+    """The pass inputs of V-CAST (R = 0.25) and of the unpruned pass for a synthetic FRAMESxHEIGHTxWIDTH clip."""
+    frames, height, width = (int(v) for v in spec.split("x"))
+    prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
+    return {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
+
+
 # Each `--wrappers` name: Inductor's options, and whether the caches are stacked (StackedPrefillCache)
 WRAPPERS = {"python": ({}, False), "cpp": ({"cpp_wrapper": True}, False),
             "python-stacked": ({}, True), "cpp-stacked": ({"cpp_wrapper": True}, True)}  # fmt: skip
@@ -167,9 +174,7 @@ def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int)
         decoders[name].compile_prefill(options=options, stacked=stacked)
     rows = []
     for spec in videos:
-        frames, height, width = (int(v) for v in spec.split("x"))
-        prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
-        passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
+        passes = video_passes(qa, spec)
         compile_s = {}
         for name, decoder in decoders.items():  # the first prefills compile (a new length: maybe again)
             began = time.perf_counter()
@@ -206,9 +211,7 @@ def eager_rows(qa: VideoQA, videos: list[str], runs: int) -> list[dict]:
     caches = DecodeCaches(qa.model)
     rows = []
     for spec in videos:
-        frames, height, width = (int(v) for v in spec.split("x"))
-        prepared = qa.prepare(synthetic_clip(frames, height, width), "Describe what happens in this video in detail.")
-        passes = {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
+        passes = video_passes(qa, spec)
         waits = {}
         for method, pass_inputs in passes.items():
             spy = HostWaits()
