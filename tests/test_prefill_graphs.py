@@ -11,6 +11,7 @@ from transformers.models.qwen3_vl import modeling_qwen3_vl
 from benchmarks.bench import synthetic_clip
 from vcast.models.compiled_prefill import _deepstack_by_index
 from vcast.models.graph_decode import GraphDecoder
+from vcast.models.prefill_graphs import _Recorded, layer_mask_as
 from vcast.pipeline import VideoQA
 
 QUESTION = "What happens in this video?"
@@ -89,6 +90,35 @@ def test_recorded_prefills_are_bounded_and_reuse_their_cache():
     assert not graphs.serves(longer) and longer.layers[0].max_cache_len == decoder.caches.length_for(210)
 
 
+def test_the_capture_gives_the_layers_the_mask_the_uncaptured_run_gave_them():
+    """transformers materialises the causal mask while a CUDA stream is captured (it counts that as tracing), where
+    the uncaptured prefill leaves it to SDPA; `layer_mask_as` records the uncaptured run's mask and hands the capture
+    that one, so the layers see the same mask (and the compiled layers' guards hold)."""
+    plain = VideoQA.tiny(graph_decode=False)
+    prepared = plain.prepare(synthetic_clip(8, 64, 96), QUESTION)
+    kwargs = plain.pass_inputs(prepared, plain.select(prepared, "vcast")).generate_kwargs()
+    language_model = plain.model.get_decoder()
+    seen = []
+    hook = language_model.layers[0].register_forward_pre_hook(
+        lambda module, args, layer_kwargs: seen.append(layer_kwargs["attention_mask"]), with_kwargs=True
+    )
+    recorded = _Recorded(cache=None, padded=0)
+    original = modeling_qwen3_vl.create_causal_mask
+    try:
+        with torch.inference_mode():
+            with layer_mask_as(language_model, recorded, replay=False):
+                plain.model(**kwargs)
+            assert seen[-1] is recorded.layer_mask  # recorded: what the layers got
+            length = int(kwargs["input_ids"].shape[1])
+            recorded.layer_mask = torch.ones((1, 1, length, length), dtype=torch.bool).tril()
+            with layer_mask_as(language_model, recorded, replay=True):
+                plain.model(**kwargs)
+            assert seen[-1] is recorded.layer_mask  # replayed: the recorded mask, not a new one
+    finally:
+        hook.remove()
+    assert modeling_qwen3_vl.create_causal_mask is original  # put back
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_dense_deepstack_features_add_exactly_what_transformers_boolean_indexing_adds(device):
     torch.manual_seed(0)
@@ -124,3 +154,11 @@ def test_on_a_gpu_a_recorded_compiled_prefill_replays_the_eager_padded_logits_bi
     assert decoder.prefill_graphs.pool_bytes() > 0
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
     torch.testing.assert_close(logits[2], logits[0], rtol=0, atol=0)
+    # the replay holds Inductor's kernels (the compiled layers), not transformers' eager ones
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = decoder.cache_for(length, length + 8)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decoder.prefill(inputs, cache)
+        torch.cuda.synchronize()
+    assert any(event.name.startswith("triton_") for event in prof.events()), "the replay ran no compiled kernel"

@@ -1,6 +1,7 @@
-"""Short LLM prefills replayed as CUDA graphs, on prompts padded to a few lengths. EXPERIMENTAL (branch
-`recorded-prefill`): exact on the CPU and the H200, but the first H200 measurement replayed eager layers (no mask
-passed; fixed here, not yet measured). See docs/DESIGN-NOTES.md on main.
+"""Short LLM prefills replayed as CUDA graphs, on prompts padded to a few lengths. Opt-in (`GraphDecoder.
+record_prefills`, `python -m vcast.bench --prefill recorded`), not a default: exact, and on an H200 it takes the
+host's time per prefill from about 20 ms to 3, but the graphs and their caches stay held between requests (peak
+memory above weights 916 against 316 MB for V-CAST's 32-frame pass; docs/BENCHMARKS.md section 19).
 
 Why (H200, Qwen3-VL-8B shapes, docs/BENCHMARKS.md section 17): with its decoder layers compiled, V-CAST's
 32-frame prefill (about 1100 tokens) is about 940 kernels taking 26 ms of GPU work, yet 32 ms pass between its
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,8 +58,41 @@ class _Recorded:
     mask: torch.Tensor | None = None  # (1, padded) ones, where the prompt came with an (all-ones) mask
     deepstack: list[torch.Tensor] = field(default_factory=list)  # (1, padded, hidden) each
     cache_position: torch.Tensor | None = None  # (padded,), for transformers that take it
+    layer_mask: object = None  # the mask the first (uncaptured) run's layers got: None (causal) or its tensor
     graph: torch.cuda.CUDAGraph | None = None
     output: object = None  # the recorded call's output (its tensors are the graph's)
+
+
+@contextlib.contextmanager
+def layer_mask_as(language_model, recorded: _Recorded, *, replay: bool) -> Iterator[None]:
+    """Inside this block the language model's `create_causal_mask` (looked up in its module, as its forward does) is
+    recorded into `recorded.layer_mask` (`replay=False`) or returns what was recorded (`replay=True`).
+
+    Why: transformers decides whether a prompt's causal mask may be left to SDPA (`is_causal`, the mask None) only
+    when it is not tracing, and it counts a CUDA stream being captured as tracing. Uncaptured, a padded prefill's
+    layers get None; during the capture they got a materialised mask, which the compiled layers' guards reject
+    (`attention_mask is None`), so the replay held transformers' eager layers and masked attention (H200: 48 ms against
+    30 for V-CAST's 32-frame prefill). The mask depends only on the shapes and on the all-ones padding mask, both the
+    same in the two runs, so the capture gets the first run's mask, tensor or None. A module without
+    `create_causal_mask` is left alone (its layers then run as they will)."""
+    module = sys.modules.get(type(language_model).__module__)
+    original = getattr(module, "create_causal_mask", None)
+    if original is None:
+        yield
+        return
+
+    def recording(*args, **kwargs):
+        recorded.layer_mask = original(*args, **kwargs)
+        return recorded.layer_mask
+
+    def replaying(*args, **kwargs):
+        return recorded.layer_mask
+
+    module.create_causal_mask = replaying if replay else recording
+    try:
+        yield
+    finally:
+        module.create_causal_mask = original
 
 
 def set_cache_length(cache, length: int) -> None:
@@ -230,12 +265,13 @@ class PrefillGraphs:
             return forward(**static)
         stream = self.stream or torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # run where it is recorded: lazily made state (cuBLAS's) exists before
-            output = forward(**static)
+        with torch.cuda.stream(stream), layer_mask_as(self.language_model, recorded, replay=False):
+            output = forward(**static)  # run where it is recorded: lazily made state (cuBLAS's) exists before
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.stream(stream), torch.compiler.set_stance("eager_on_recompile"):
+            with (torch.cuda.stream(stream), torch.compiler.set_stance("eager_on_recompile"),
+                  layer_mask_as(self.language_model, recorded, replay=True)):  # fmt: skip
                 graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                 try:
                     recorded.output = forward(**static)
@@ -246,6 +282,7 @@ class PrefillGraphs:
         except Exception as err:  # any other failure to record: prefill as before from now on, say why once
             self.failure = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             logger.warning("recorded prefills are off for this model (%s); prefilling eagerly", self.failure)
+            logger.debug("the recording's failure in full", exc_info=err)
             torch.cuda.synchronize()
             self._recorded.clear()
             return output
