@@ -196,6 +196,24 @@ def _calls_between(first: dict[str, int], second: dict[str, int]) -> dict[str, i
     return {key: second[key] - first[key] for key in first}
 
 
+def decoder_cache(decoder, length: int, tokens: int) -> tuple[object, int]:
+    """The cache the graph decoder prefills a pass of `length` prompt tokens into (`GraphDecoder.cache_for`), and the
+    bytes this pass uses that were held before it (as `pass_cache`): where its prefill is a recorded one, its cache if
+    an earlier pass left it, any cache it displaced, and the free part of the recorded prefills' memory pool, which
+    its replay works in (allocated at the recording, so never counted in `max_memory_allocated`)."""
+    graphs = decoder.prefill_graphs
+    if graphs is None:
+        return decoder.caches.get(tokens), 0
+    kept = graphs.kept_caches()
+    cache = decoder.cache_for(length, tokens)
+    if not graphs.serves(cache):
+        return cache, 0
+    still = graphs.kept_caches()
+    own = cache_bytes(cache) if any(held is cache for held in kept) else 0
+    displaced = sum(cache_bytes(held) for held in kept if not any(held is now for now in still))
+    return cache, own + displaced + (graphs.pool_bytes(free_only=True) if cache.layers[0].keys.is_cuda else 0)
+
+
 def pass_cache(caches: DecodeCaches, tokens: int) -> tuple[object, int]:
     """The pass's static cache, and the bytes of it and of any cache it displaced that were
     allocated before the pass (so inside the memory held then), yet are this pass's to count: a
@@ -279,7 +297,10 @@ def measured_pass(qa: VideoQA, prompt: Prompt, method: Method, new_tokens: int) 
             if cuda:
                 held -= charged
         elif qa.graph_decoder is not None:  # the default on a GPU: the static cache its prefill writes into
-            cache = qa.graph_decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + new_tokens)
+            length = int(pass_inputs.input_ids.shape[1])
+            cache, charged = decoder_cache(qa.graph_decoder, length, length + new_tokens)
+            if cuda:
+                held -= charged
         calls_cache = _device_calls(cuda)
         cache_kwarg = {} if cache is None else {cache_argument(model): cache}
         prefill_began = time.perf_counter()
@@ -478,8 +499,9 @@ def table(rows: list[Row], tolerance: float = DEFAULT_TOLERANCE) -> str:
 VISION_SETTINGS = ("app", "eager", "compiled")
 # "app": the decoder layers compiled for the prefill and the decode steps, as the app; "prefill-only": for the prefill,
 # the steps recording the eager kernels (before 2026-12-03); "eager": neither; "unstacked": as the app before the
-# stacked caches (before 2026-12-03's fifth session: each layer's graphs split around its cache update)
-PREFILL_SETTINGS = ("app", "prefill-only", "eager", "unstacked")
+# stacked caches (before 2026-12-03's fifth session: each layer's graphs split around its cache update); "recorded":
+# as the app, with prompts up to 4096 tokens padded and replayed as CUDA graphs (`GraphDecoder.record_prefills`)
+PREFILL_SETTINGS = ("app", "prefill-only", "eager", "unstacked", "recorded")
 
 
 # Served models kept and handed out again for the same arguments, when a runner sets this to a dict (one start-up for
@@ -494,7 +516,8 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     frozen). `prefill` "app": the LLM's decoder layers compiled where the app compiles them (`compile_prefill`, with
     the vision tower), for the prefill and the decode steps, with stacked caches (each layer one compiled graph);
     "prefill-only": for the prefill only; "eager": not; "unstacked": as "app", with a cache per layer whose update
-    splits each layer's graphs (the app before stacked caches).
+    splits each layer's graphs (the app before stacked caches); "recorded": as "app", with prompts up to 4096 tokens
+    padded and replayed as CUDA graphs (`GraphDecoder.record_prefills`: their caches and memory pool stay held).
     Decoding is VideoQA's default (graph-recorded on one GPU) unless `options` say otherwise."""
     if vision not in VISION_SETTINGS:
         raise ValueError(f"vision must be one of {', '.join(VISION_SETTINGS)}, got {vision!r}")
@@ -511,7 +534,9 @@ def served_model(name: str, *, vision: str = "app", prefill: str = "app", **opti
     if prefill == "prefill-only" and qa.graph_decoder is not None:
         qa.graph_decoder.compiled_steps = False
     if prefill == "unstacked" and qa.prefill_compiled:  # each layer's graphs split around the cache update
-        qa.graph_decoder.compile_prefill(steps=True, stacked=False)
+        qa.graph_decoder.compile_prefill(steps=True, stacked=False, recorded=False)
+    if prefill == "recorded" and qa.prefill_compiled:
+        qa.graph_decoder.record_prefills()
     if vision == "app":
         clip = synthetic_clip(catalogue.COMPILED_WARM_UP_FRAMES, 360, 640)  # the app's example clips are 640 x 360
         seconds = catalogue.warm_up_for_serving(qa, clip)
@@ -643,6 +668,10 @@ def main(argv: list[str] | None = None) -> None:
             how = "warmed up and frozen, as the app" if qa.graph_decoder.compiled_prefill.frozen else "not frozen"
             steps = "and the decode steps" if qa.graph_decoder.compiled_steps else "not the decode steps"
             meta["prefill"] = f"decoder layers compiled ({how}; {steps})"
+            graphs = qa.graph_decoder.prefill_graphs
+            if graphs is not None and graphs.record:
+                meta["prefill"] += (f"; prompts up to {graphs.max_tokens} tokens padded to a multiple of "
+                                    f"{graphs.bucket} and replayed as CUDA graphs")  # fmt: skip
         if qa.decode_caches is not None:  # with --keep-decode-caches one per method: each round alternates all
             kept = 1 + len(methods) if args.keep_decode_caches else 0
             qa.decode_caches = DecodeCaches(qa.model, bucket=args.cache_bucket, kept=kept)
@@ -653,6 +682,12 @@ def main(argv: list[str] | None = None) -> None:
             if qa.graph_decoder is not None and qa.graph_decoder.failure is not None:  # say it, not only in the log
                 meta[f"graph_decoder_failure_{size}"] = qa.graph_decoder.failure
                 print(f"graph decoder: recording failed, decoding eagerly ({qa.graph_decoder.failure})", flush=True)
+            graphs = qa.graph_decoder.prefill_graphs if qa.graph_decoder is not None else None
+            if graphs is not None and graphs.record:
+                meta[f"prefill_recordings_{size}"] = graphs.recordings
+                if graphs.failure is not None:
+                    meta[f"prefill_recording_failure_{size}"] = graphs.failure
+                    print(f"recorded prefills: recording failed, prefilling eagerly ({graphs.failure})", flush=True)
             print("\n".join(table(video_rows, args.tolerance).splitlines()[2:]), flush=True)
         del qa
         if torch.cuda.is_available():

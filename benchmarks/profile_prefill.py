@@ -127,14 +127,17 @@ def video_passes(qa: VideoQA, spec: str) -> dict:
     return {"vcast": qa.pass_inputs(prepared, qa.select(prepared, "vcast")), "unpruned": qa.pass_inputs(prepared)}
 
 
-# Each `--wrappers` name: Inductor's options, and whether the caches are stacked (StackedPrefillCache)
-WRAPPERS = {"python": ({}, False), "cpp": ({"cpp_wrapper": True}, False),
-            "python-stacked": ({}, True), "cpp-stacked": ({"cpp_wrapper": True}, True)}  # fmt: skip
+# Each `--wrappers` name: Inductor's options, whether the caches are stacked (StackedPrefillCache), and whether short
+# prefills are padded and replayed as CUDA graphs (`GraphDecoder.record_prefills`)
+WRAPPERS = {"python": ({}, False, False), "cpp": ({"cpp_wrapper": True}, False, False),
+            "python-stacked": ({}, True, False), "cpp-stacked": ({"cpp_wrapper": True}, True, False),
+            "cpp-stacked-recorded": ({"cpp_wrapper": True}, True, True)}  # fmt: skip
 
 
 def timed_decoder_prefill(decoder: GraphDecoder, pass_inputs) -> tuple[float, float]:
-    """(host ms, GPU ms) of one prefill through `decoder` into a new cache of its own, as the app prefills."""
-    cache = decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + 64)
+    """(host ms, GPU ms) of one prefill through `decoder` into an empty cache, as the app prefills."""
+    length = int(pass_inputs.input_ids.shape[1])
+    cache = decoder.cache_for(length, length + 64)
 
     def run() -> None:
         with torch.inference_mode():
@@ -170,8 +173,8 @@ def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int)
     decoders = {}
     for name in wrappers:
         decoders[name] = GraphDecoder(qa.model)
-        options, stacked = WRAPPERS[name]
-        decoders[name].compile_prefill(options=options, stacked=stacked)
+        options, stacked, recorded = WRAPPERS[name]
+        decoders[name].compile_prefill(options=options, stacked=stacked, recorded=recorded)
     rows = []
     for spec in videos:
         passes = video_passes(qa, spec)
@@ -198,7 +201,8 @@ def wrapper_rows(qa: VideoQA, wrappers: list[str], videos: list[str], runs: int)
                    "compile_s": round(compile_s[name], 1)}  # fmt: skip
             if qa.device.type == "cuda":
                 decoder, pass_inputs = decoders[name], passes[method]
-                cache = decoder.caches.get(int(pass_inputs.input_ids.shape[1]) + 64)
+                length = int(pass_inputs.input_ids.shape[1])
+                cache = decoder.cache_for(length, length + 64)
                 with torch.inference_mode():
                     row["kernels"] = kernels_by_kind(lambda: decoder.prefill(pass_inputs, cache))  # noqa: B023
             rows.append(row)

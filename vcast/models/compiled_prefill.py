@@ -164,8 +164,12 @@ def _deepstack_by_index(self, hidden_states: torch.Tensor, visual_pos_masks: tor
     no host wait. The same additions, one per visual position. Relies on the mask holding exactly
     `len(visual_embeds)` positions (transformers checks it raising on the host; here a shortfall would index
     -1): the deepstack layers are sliced with the same selection as the visual tokens, whose count transformers'
-    `get_placeholder_mask` checks against the prompt's placeholders before any layer runs."""
+    `get_placeholder_mask` checks against the prompt's placeholders before any layer runs. Without a mask the
+    features come dense, shaped like the hidden states and zero outside the visual positions (a recorded prefill's):
+    the same bf16 addition at every visual position, `x + 0 = x` elsewhere."""
     visual_embeds = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+    if visual_pos_masks is None:  # features already placed, zero elsewhere (`vcast.models.prefill_graphs`)
+        return hidden_states + visual_embeds.view_as(hidden_states)
     mask = visual_pos_masks.to(hidden_states.device).reshape(-1)
     found = torch.nonzero_static(mask, size=visual_embeds.shape[0]).view(-1)
     flat = hidden_states.reshape(-1, hidden_states.shape[-1])

@@ -98,6 +98,10 @@ class DecodeCaches:
         self._caches[length] = cache
         return cache
 
+    def new(self, tokens: int) -> StaticCache:
+        """An empty cache of at least `tokens` slots that this object does not keep (its holder does)."""
+        return self._new(self.length_for(tokens))
+
     def _new(self, length: int) -> StaticCache:
         """A static cache with every layer allocated now, each on its decoder layer's device.
 

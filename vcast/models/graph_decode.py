@@ -38,6 +38,7 @@ from .base import PassInputs, cache_argument, generation_attention
 from .compiled_prefill import CompiledPrefill, PrefillCache, StackedPrefillCache, deepstack_without_waits
 from .decode import DecodeCaches
 from .decode_kernels import FastDecodeStep, FilledSlots
+from .prefill_graphs import PrefillGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class GraphDecoder:
             deepstack_without_waits(model)  # the prefill's host no longer waits in the first layers
         self.compiled_prefill: CompiledPrefill | None = None
         self.compiled_steps = False  # the decode steps also run the compiled layers (`compile_prefill(steps=True)`)
+        self.prefill_graphs: PrefillGraphs | None = None  # short prefills padded and recorded (`record_prefills`)
         self.failure: str | None = None
         self._cache_keyword = cache_argument(model)
         parameters = inspect.signature(model.forward).parameters
@@ -187,7 +189,8 @@ class GraphDecoder:
         # happens between the first and the second token, so it is inside the pass's decode time.
         self.recording_ms: float | None = None
 
-    def compile_prefill(self, *, steps: bool = False, options: dict | None = None, stacked: bool = True) -> None:
+    def compile_prefill(self, *, steps: bool = False, options: dict | None = None, stacked: bool = True,
+                        recorded: bool = False) -> None:
         """Run the decoder layers of every later prefill through torch.compile (`CompiledPrefill`; raises
         ValueError for a model it does not serve). The first prefills compile. Kept caches are dropped: from now
         on `self.caches` makes `PrefillCache`s, the only caches the compiled layers are shared with.
@@ -196,24 +199,46 @@ class GraphDecoder:
         `options`: Inductor's (default: `inductor_options`, the C++ wrapper on a GPU). `stacked` (the default, where
         the model sits on one device): the caches are `StackedPrefillCache`s, whose traced update makes each layer one
         compiled graph; False: `PrefillCache`s, each layer's graphs split around its cache update (H200: 35 against
-        20 ms of host time per 8B prefill, and a compilation four times as long; docs/BENCHMARKS.md section 17)."""
+        20 ms of host time per 8B prefill, and a compilation four times as long; docs/BENCHMARKS.md section 17).
+        `recorded`: prefills are also padded and replayed as CUDA graphs (`record_prefills`; not the default: the
+        recorded graphs and their caches stay in memory, docs/BENCHMARKS.md section 18)."""
         self.compiled_prefill = CompiledPrefill(self.model, options=options)
         self.compiled_steps = steps
         stacked = stacked and self.device is not None  # a cache spread over devices cannot be one tensor
         self.caches.cache_class = StackedPrefillCache if stacked else PrefillCache
         self.caches.clear()
+        if recorded:
+            self.record_prefills()
+
+    def record_prefills(self, *, record: bool | None = None, **options) -> None:
+        """Prefills of prompts up to `max_tokens` tokens are padded to a multiple of `bucket` tokens and, after the
+        first one of each padded length, replayed as CUDA graphs (`vcast.models.prefill_graphs`; `options` are
+        `PrefillGraphs`'). `record=False` (default: where steps are recorded) pads without recording: the same
+        arithmetic, eagerly. For prompts whose attention mask is all ones and whose text positions count 0..L-1
+        (VideoQA's passes of the M-RoPE families)."""
+        record = self.graphs if record is None else record
+        stream = self._recording_stream() if record else None
+        self.prefill_graphs = PrefillGraphs(self.model, self.caches, record=record, stream=stream, **options)
 
     def use_eager_prefill(self) -> None:
         """Undo `compile_prefill`."""
         self.compiled_prefill = None
         self.compiled_steps = False
+        self.prefill_graphs = None
         self.caches.cache_class = StaticCache
         self.caches.clear()
+
+    def cache_for(self, length: int, tokens: int):
+        """The empty static cache for a pass of a `length`-token prompt and `tokens` slots in all (prompt and new
+        tokens): a recorded prefill's where one serves this length (`record_prefills`), else `self.caches`'."""
+        recorded = self.prefill_graphs.cache_for(length, tokens) if self.prefill_graphs is not None else None
+        return recorded if recorded is not None else self.caches.get(tokens)
 
     def prefill(self, pass_inputs: PassInputs, cache, *, logits_to_keep: int | None = 1):
         """The LLM prefill of one pass into `cache` (from `self.caches`): the model's output, with generation's
         attention backends (`generation_attention`). Compiled where `compile_prefill` was called and `cache` is a
-        `PrefillCache` (with another cache, traced, each layer's index would compile a graph of its own: eager)."""
+        `PrefillCache` (with another cache, traced, each layer's index would compile a graph of its own: eager).
+        Padded and replayed as a CUDA graph where `cache` came from a recorded prefill (`cache_for`)."""
         kwargs = dict(pass_inputs.generate_kwargs(), use_cache=True, **{self._cache_keyword: cache})
         if self._takes_logits_to_keep and logits_to_keep is not None:
             kwargs["logits_to_keep"] = logits_to_keep
@@ -222,7 +247,9 @@ class GraphDecoder:
                                                     device=pass_inputs.input_ids.device)  # fmt: skip
         compiled = self.compiled_prefill if isinstance(cache, PrefillCache) else None
         layers = compiled.active() if compiled is not None else contextlib.nullcontext()
-        with generation_attention(pass_inputs.input_ids.device), layers:
+        graphs = self.prefill_graphs
+        replayed = graphs.replacing(cache) if graphs is not None and graphs.serves(cache) else contextlib.nullcontext()
+        with generation_attention(pass_inputs.input_ids.device), layers, replayed:
             return self.model(**kwargs)
 
     @property
@@ -253,8 +280,10 @@ class GraphDecoder:
         if isinstance(sampling, str):
             raise ValueError(f"GraphDecoder cannot decode this pass: {sampling}")
         length = int(pass_inputs.input_ids.shape[1])
+        cache = self.cache_for(length, length + max_new_tokens)
         slots = self.caches.length_for(length + max_new_tokens)
-        cache = self.caches.get(slots)
+        if self.prefill_graphs is not None and self.prefill_graphs.serves(cache):
+            slots = cache.layers[0].max_cache_len  # at least the padded prompt's length
         extra = {self._cache_keyword: cache, "use_cache": True}
         if self._takes_logits_to_keep:
             extra["logits_to_keep"] = 1
