@@ -611,7 +611,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the LLM's decoder layers as the app serves them (default: compiled for the prefill "
                         "and the decode steps for dense Qwen3-VL on a GPU, with the vision tower), prefill-only, "
                         "eager, or unstacked (the app's, with a cache per layer: each layer's graphs split "
-                        "around its cache update, the default before 2026-12-03's fifth session)")  # fmt: skip
+                        "around its cache update, the default before 2026-12-03's fifth session), or recorded (the "
+                        "app's, with prompts up to 4096 tokens padded and replayed as CUDA graphs: an option that "
+                        "holds memory between requests; docs/BENCHMARKS.md section 19)")  # fmt: skip
     parser.add_argument("--vision-chunk-patches", type=int, default=DEFAULT_VISION_CHUNK_PATCHES)
     parser.add_argument("--compile-decode", action="store_true",
                         help="decode from static KV caches, which generate() compiles into CUDA graphs (VideoQA's "

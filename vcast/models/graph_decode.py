@@ -201,7 +201,7 @@ class GraphDecoder:
         compiled graph; False: `PrefillCache`s, each layer's graphs split around its cache update (H200: 35 against
         20 ms of host time per 8B prefill, and a compilation four times as long; docs/BENCHMARKS.md section 17).
         `recorded`: prefills are also padded and replayed as CUDA graphs (`record_prefills`; not the default: the
-        recorded graphs and their caches stay in memory, docs/BENCHMARKS.md section 18)."""
+        recorded graphs and their caches stay in memory, docs/BENCHMARKS.md sections 18-19)."""
         self.compiled_prefill = CompiledPrefill(self.model, options=options)
         self.compiled_steps = steps
         stacked = stacked and self.device is not None  # a cache spread over devices cannot be one tensor
