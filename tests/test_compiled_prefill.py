@@ -151,15 +151,25 @@ def test_use_eager_prefill_undoes_it(pair):
     assert not qa.graph_decoder.compiled_steps
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["indexed", "dense"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
-def test_deepstack_by_index_adds_exactly_what_transformers_boolean_indexing_adds(device):
+def test_deepstack_by_index_adds_exactly_what_transformers_boolean_indexing_adds(device, dense):
+    """The features indexed by the visual mask, or (a recorded prefill's, `vcast.models.prefill_graphs`) already
+    placed at the visual positions, zero elsewhere."""
     torch.manual_seed(0)
     hidden = torch.randn(1, 40, 16, dtype=torch.bfloat16, device=device)
     mask = torch.zeros(1, 40, dtype=torch.bool, device=device)
     mask[0, [3, 4, 5, 17, 30, 31, 39]] = True
     embeds = torch.randn(7, 16, device=device)
+    if dense:
+        embeds = embeds.to(torch.bfloat16)  # placed in a buffer of the hidden states' dtype
     expected = modeling_qwen3_vl.Qwen3VLTextModel._deepstack_process(None, hidden, mask, embeds)
-    got = _deepstack_by_index(None, hidden, mask, embeds)
+    if dense:
+        placed = torch.zeros_like(hidden)
+        placed[mask] = embeds
+        got = _deepstack_by_index(None, hidden, None, placed)
+    else:
+        got = _deepstack_by_index(None, hidden, mask, embeds)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert torch.equal(got[0, ~mask[0]], hidden[0, ~mask[0]])
 

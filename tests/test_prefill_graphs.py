@@ -9,7 +9,6 @@ import torch
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 
 from benchmarks.bench import synthetic_clip
-from vcast.models.compiled_prefill import _deepstack_by_index
 from vcast.models.graph_decode import GraphDecoder
 from vcast.models.prefill_graphs import _Recorded, layer_mask_as
 from vcast.pipeline import VideoQA
@@ -117,19 +116,6 @@ def test_the_capture_gives_the_layers_the_mask_the_uncaptured_run_gave_them():
     finally:
         hook.remove()
     assert modeling_qwen3_vl.create_causal_mask is original  # put back
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
-def test_dense_deepstack_features_add_exactly_what_transformers_boolean_indexing_adds(device):
-    torch.manual_seed(0)
-    hidden = torch.randn(1, 40, 16, dtype=torch.bfloat16, device=device)
-    mask = torch.zeros(1, 40, dtype=torch.bool, device=device)
-    mask[0, [3, 4, 5, 17, 30, 31, 39]] = True
-    embeds = torch.randn(7, 16, device=device).to(torch.bfloat16)
-    dense = torch.zeros_like(hidden)
-    dense[mask] = embeds
-    expected = modeling_qwen3_vl.Qwen3VLTextModel._deepstack_process(None, hidden, mask, embeds)
-    torch.testing.assert_close(_deepstack_by_index(None, hidden, None, dense), expected, rtol=0, atol=0)
 
 
 @CUDA
