@@ -245,9 +245,8 @@ class PrefillGraphs:
 
     def _static_kwargs(self, recorded: _Recorded, kwargs: dict) -> dict:
         # The mask as the unpadded call has it, over the padded length: an all-ones 2-D mask stays all ones (causal
-        # attention keeps the padding out of every real position), so the layers get the mask their compiled graphs
-        # were made for. (With no mask at all the H200 replays ran transformers' eager layers and masked attention:
-        # 48 ms against 30 for V-CAST's 32-frame prefill; docs/DESIGN-NOTES.md.)
+        # attention keeps the padding out of every real position). What the layers get from it during the capture is
+        # `layer_mask_as`'s business.
         mask = kwargs.get("attention_mask")
         static = dict(kwargs, inputs_embeds=recorded.embeds, position_ids=recorded.positions,
                       attention_mask=None if mask is None else recorded.mask)  # fmt: skip
@@ -270,7 +269,10 @@ class PrefillGraphs:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
-            with (torch.cuda.stream(stream), torch.compiler.set_stance("eager_on_recompile"),
+            # A compiled layer whose guards fail here must not be recorded eagerly (section 18's slow replays, which
+            # nothing reported): "fail_on_recompile" makes that a recording failure, said once, and the prefills stay
+            # compiled and unrecorded.
+            with (torch.cuda.stream(stream), torch.compiler.set_stance("fail_on_recompile"),
                   layer_mask_as(self.language_model, recorded, replay=True)):  # fmt: skip
                 graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                 try:
